@@ -1,0 +1,129 @@
+"""Segmenter: scaling, pad/crop geometry, batching, activation, flip TTA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ievnet_bids.model.card import ModelCard, default_card
+from ievnet_bids.model.infer import Segmenter, centre_slices, padded_shape
+from ievnet_bids.model.net import build_network
+
+
+class Recorder(torch.nn.Module):
+    """Identity 'network' that remembers its inputs: logits = scaled, padded input."""
+
+    def __init__(self, channels: int = 1) -> None:
+        super().__init__()
+        self.channels = channels
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        return torch.cat([x * (c + 1) for c in range(self.channels)], dim=1)
+
+
+def _minmax(v: np.ndarray) -> np.ndarray:
+    v = v.astype(np.float32)
+    return (v - v.min()) * np.float32(1.0 / (v.max() - v.min()))
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-v.astype(np.float64)))
+
+
+def test_padded_shape_rule() -> None:
+    card = default_card()
+    assert padded_shape((200, 150, 100), card) == (208, 160, 112)
+    assert padded_shape((48, 40, 32), card) == (64, 64, 48)
+    assert all(s % 16 == 0 for s in padded_shape((47, 39, 31), card))
+    assert centre_slices((200, 150, 100), (208, 160, 112)) == (
+        slice(4, 204),
+        slice(5, 155),
+        slice(6, 106),
+    )
+
+
+def test_full_roi_pad_crop_is_exact_voxel_for_voxel() -> None:
+    rng = np.random.default_rng(0)
+    vol = (rng.random((200, 150, 100)) * 1000 - 200).astype(np.float32)
+    stub = Recorder()
+    seg = Segmenter(stub, default_card(), device="cpu")
+    prob = seg.predict_proba(vol)
+    assert prob.shape == vol.shape and prob.dtype == np.float32
+    (x,) = stub.seen
+    assert tuple(x.shape) == (1, 1, 208, 160, 112)
+    x = x[0, 0].numpy()
+    inner = (slice(4, 204), slice(5, 155), slice(6, 106))
+    np.testing.assert_array_equal(x[inner], _minmax(vol))
+    outside = np.ones(x.shape, bool)
+    outside[inner] = False
+    assert not x[outside].any()  # zero padding
+    np.testing.assert_allclose(prob, _sigmoid(_minmax(vol)), atol=1e-6)
+
+
+def test_batches_single_volume_and_odd_shapes() -> None:
+    rng = np.random.default_rng(1)
+    vols = rng.normal(size=(3, 47, 39, 31)).astype(np.float32)
+    vols[1] *= 50  # per-volume scaling: different ranges give the same relative result
+    stub = Recorder()
+    seg = Segmenter(stub, default_card(), device="cpu", batch_size=2)
+    prob = seg.predict_proba(vols)
+    assert prob.shape == vols.shape
+    assert [tuple(x.shape[:2]) for x in stub.seen] == [(2, 1), (1, 1)]
+    for i in range(3):
+        np.testing.assert_allclose(prob[i], _sigmoid(_minmax(vols[i])), atol=1e-6)
+        single = seg.predict_proba(vols[i])
+        assert single.shape == vols[i].shape
+        np.testing.assert_array_equal(single, prob[i])
+    const = seg.predict_proba(np.full((8, 8, 8), 3.0))
+    np.testing.assert_allclose(const, 0.5)  # constant volume scales to 0
+    with pytest.raises(ValueError, match="shape"):
+        seg.predict_proba(np.zeros((4, 4)))
+
+
+def test_softmax_returns_tfs_channel() -> None:
+    card = ModelCard(out_channels=2, tfs_channel=1)
+    seg = Segmenter(Recorder(channels=2), card, device="cpu")
+    vol = np.random.default_rng(2).random((16, 16, 16)).astype(np.float32)
+    x = _minmax(vol).astype(np.float64)
+    expected = np.exp(2 * x) / (np.exp(x) + np.exp(2 * x))  # softmax([x, 2x])[1]
+    np.testing.assert_allclose(seg.predict_proba(vol), expected, atol=1e-6)
+
+
+def test_flip_tta_averages_mirror() -> None:
+    vol = np.random.default_rng(3).random((20, 18, 16)).astype(np.float32)
+    stub = Recorder()
+    seg = Segmenter(stub, default_card(), device="cpu", tta_flip=True)
+    seg.predict_proba(vol)
+    a, b = (x[0, 0].numpy() for x in stub.seen[0])  # both views in one batch
+    np.testing.assert_array_equal(a[::-1], b)
+
+
+def test_real_unet_flip_tta_symmetry_and_eval_mode() -> None:
+    torch.manual_seed(0)
+    model = build_network().train()  # Segmenter must switch dropout off
+    seg = Segmenter(model, default_card(), device="cpu", tta_flip=True, omp_threads=2)
+    assert not seg.model.training and torch.get_num_threads() == 2
+    x = np.random.default_rng(4).random((48, 40, 32)).astype(np.float32)
+    p = seg.predict_proba(x)
+    p_flip = seg.predict_proba(x[::-1].copy())
+    np.testing.assert_allclose(p_flip, p[::-1], atol=1e-5)
+    np.testing.assert_array_equal(seg.predict_proba(x), p)  # deterministic: no dropout
+
+
+def test_real_unet_full_roi_once() -> None:
+    torch.manual_seed(0)
+    seg = Segmenter(build_network(), default_card(), device="cpu", batch_size=1)
+    vol = np.random.default_rng(5).random((1, 200, 150, 100)).astype(np.float32)
+    prob = seg.predict_proba(vol)
+    assert prob.shape == (1, 200, 150, 100) and prob.dtype == np.float32
+    assert np.isfinite(prob).all() and prob.min() >= 0 and prob.max() <= 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")
+def test_cuda_request_without_cuda_is_clear() -> None:
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        Segmenter(Recorder(), default_card(), device="cuda")
+    assert Segmenter(Recorder(), default_card(), device="auto").device.type == "cpu"

@@ -1,0 +1,122 @@
+"""threshold_and_clean keeps the labyrinth by what it is, not by size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ievnet_bids.postprocess import threshold_and_clean
+
+SHAPE = (200, 150, 100)
+SP = 0.2  # mm
+VOXEL_MM3 = SP**3
+
+
+def _mm_grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    centre = (np.array(SHAPE) - 1) / 2.0
+    i, j, k = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    return (i - centre[0]) * SP, (j - centre[1]) * SP, (k - centre[2]) * SP
+
+
+def _ball(X, Y, Z, c, r) -> np.ndarray:
+    return (X - c[0]) ** 2 + (Y - c[1]) ** 2 + (Z - c[2]) ** 2 <= r**2
+
+
+def _scene(slab_prob: float = 0.7) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Synthetic probability map (see test docstring for the objects)."""
+    X, Y, Z = _mm_grid()
+    R, r = 4.0, 1.3  # "semicircular canal" torus around z at the ROI centre
+    torus = (np.sqrt(X**2 + Y**2) - R) ** 2 + Z**2 <= r**2
+    vestibule = _ball(X, Y, Z, (R, 0, 0), 2.0)
+    cavity = _ball(X, Y, Z, (R, 0, 0), 0.7)  # enclosed hole: must be filled
+    fragment = _ball(X, Y, Z, (-(R + r + 1.1), 0, 0), 0.5)  # broken canal: 0.6 mm gap
+    weak = _ball(X, Y, Z, (0, R + r + 1.1, 0), 0.6)  # low-confidence neighbour
+    isolated = (
+        _ball(X, Y, Z, (9, 9, 0), 0.5)
+        | _ball(X, Y, Z, (-10, -8, -5), 0.5)
+        | _ball(X, Y, Z, (0, -10, 5), 0.5)
+    )
+    slab = np.broadcast_to((X <= -14.0) & (np.abs(Z) <= 5.0), SHAPE)  # CSF at the edge
+    prob = np.random.default_rng(0).uniform(0.0, 0.3, SHAPE).astype(np.float32)
+    prob[torus | vestibule | fragment | isolated] = 0.95
+    prob[weak] = 0.7
+    prob[slab] = slab_prob
+    prob[cavity] = 0.05
+    labyrinth = torus | vestibule | fragment
+    return prob, {"labyrinth": labyrinth, "cavity": cavity, "slab": slab, "fragment": fragment}
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return _scene()
+
+
+def test_keeps_labyrinth_not_largest_component(scene) -> None:
+    """Labyrinth (torus + vestibule with a cavity, 134 + ~34 mm³, prob 0.95) at the centre,
+    a canal fragment 0.6 mm away, a low-confidence (0.7) neighbour 0.5 mm away, three
+    isolated 0.5 mm³ blobs (0.95) 9–11 mm away, and a 1800 mm³ CSF slab (0.7) at the edge."""
+    prob, obj = scene
+    mask, info = threshold_and_clean(prob, SP)
+    assert mask.dtype == np.uint8 and mask.shape == SHAPE
+    np.testing.assert_array_equal(mask.astype(bool), obj["labyrinth"])
+    assert info["n_components"] == 7
+    slab_mm3 = obj["slab"].sum() * VOXEL_MM3
+    assert slab_mm3 > 1700 > 10 * info["volume_mm3"]  # largest component is the CSF slab
+    assert info["volume_mm3"] == pytest.approx(obj["labyrinth"].sum() * VOXEL_MM3, abs=1e-6)
+    assert 130 < info["volume_mm3"] < 200
+    cavity_voxels = int(obj["cavity"].sum())
+    assert cavity_voxels > 100 and info["filled_voxels"] == cavity_voxels
+    # the loop of the "canal" is a through-hole: never filled
+    assert mask[99:101, 74:76, 49:51].sum() == 0
+
+    main, frag = info["kept"]
+    assert main["reason"] == "best labyrinth score" and main["score"] > 0.9
+    assert main["centroid_dist_mm"] < 1.5
+    assert frag["reason"].startswith("labyrinth fragment")
+    assert 0.4 <= frag["gap_mm"] <= 1.0
+    reasons = sorted(d["reason"].split(" ")[0] for d in info["dropped"])
+    assert reasons == ["isolated", "isolated", "isolated", "low", "low"]
+    biggest = info["dropped"][0]
+    assert biggest["volume_mm3"] == pytest.approx(slab_mm3, rel=1e-6)
+    assert biggest["max_prob"] == pytest.approx(0.7) and biggest["score"] < 0.3
+    assert info["n_dropped"] == 5
+
+
+def test_confident_csf_slab_still_dropped() -> None:
+    prob, obj = _scene(slab_prob=0.97)
+    mask, info = threshold_and_clean(prob, (SP, SP, SP))
+    np.testing.assert_array_equal(mask.astype(bool), obj["labyrinth"])
+    assert any(
+        d["reason"].startswith("not labyrinth-like") and d["voxels"] == obj["slab"].sum()
+        for d in info["dropped"]
+    )
+
+
+def test_fragment_beyond_gap_is_dropped(scene) -> None:
+    prob, obj = scene
+    mask, info = threshold_and_clean(prob, SP, max_gap_mm=0.3)
+    assert len(info["kept"]) == 1
+    np.testing.assert_array_equal(mask.astype(bool), obj["labyrinth"] & ~obj["fragment"])
+    assert sum(d["reason"].startswith("isolated") for d in info["dropped"]) == 4
+
+
+def test_no_labyrinth_gives_empty_mask_with_warning() -> None:
+    prob, obj = _scene()
+    only_slab = np.where(obj["slab"], prob, 0.1).astype(np.float32)
+    mask, info = threshold_and_clean(only_slab, SP)
+    assert mask.sum() == 0 and "no labyrinth-like component" in info["warning"]
+    assert info["n_dropped"] == 1
+    mask, info = threshold_and_clean(np.zeros((8, 8, 8), np.float32), SP)
+    assert mask.sum() == 0 and info["warning"] == "no voxel above threshold"
+
+
+def test_threshold_and_anisotropic_spacing() -> None:
+    prob = np.zeros((40, 40, 16), np.float32)
+    prob[15:25, 15:25, 6:10] = 0.6  # 10x10x4 voxels at 0.5 x 0.5 x 1.0 mm = 100 mm³
+    prob[18:22, 18:22, 7:9] = 0.95
+    mask, info = threshold_and_clean(prob, (0.5, 0.5, 1.0))
+    assert mask.sum() == 400 and info["volume_mm3"] == pytest.approx(100.0)
+    mask, _ = threshold_and_clean(prob, (0.5, 0.5, 1.0), threshold=0.7)
+    assert mask.sum() == 32
+    with pytest.raises(ValueError, match="spacing"):
+        threshold_and_clean(prob, (0.5, 0.0, 1.0))
