@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.real:
             try:
                 real.append((path.name, np.asanyarray(nib.load(path).dataobj, dtype=np.float32)))
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
                 print(f"ievnet-synth: error: cannot read {path}: {exc}", file=sys.stderr)
                 return 1
         out = draw_preview(phantoms, args.out, real=real)

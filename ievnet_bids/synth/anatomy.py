@@ -332,7 +332,9 @@ def sample_labyrinth(rng: np.random.Generator) -> Labyrinth:
 
     # --- landmarks for the surroundings ------------------------------------------------------
     # fundus of the internal auditory canal: medial to the vestibule and the cochlear base
-    fundus = 0.5 * (base_centre + np.array([-semi[0], 0.0, 0.0])) + np.array([-1.6, -0.3, 0.3])
+    # (the IAC starts here, between the cochlear base and the vestibule's medial wall; the
+    # background carves it back from the TFS by a thin cribriform plate)
+    fundus = 0.5 * (base_centre + np.array([-semi[0], 0.0, 0.0])) + np.array([-0.6, -0.3, 0.3])
     iac_dir = _jitter(np.array([-1.0, -0.25, 0.05]), rng, 6.0)  # runs medially, slightly back
     top = max(t.points[:, 2].max() for t in tubes)
     landmarks = {

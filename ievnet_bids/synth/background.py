@@ -207,7 +207,11 @@ def build_background(
         bulb = lm["posterior_canal_centre"] + np.array([0.0, 0.0, -rng.uniform(4.0, 7.0)])
         vessels.append(
             _segment(
-                bulb + np.array([2.0, -1.0, -3.0]), bulb, rng.uniform(2.0, 3.5), rng.uniform(2.5, 4.0), L.VESSEL
+                bulb + np.array([2.0, -1.0, -3.0]),
+                bulb,
+                rng.uniform(2.0, 3.5),
+                rng.uniform(2.5, 4.0),
+                L.VESSEL,
             )
         )
     for _ in range(rng.integers(1, 6)):
