@@ -14,6 +14,8 @@ bias field and a gamma curve.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ievnet_bids.synth import labels as L
@@ -120,6 +122,118 @@ def smooth_field(
     return apply_separable(small, mats)
 
 
+@dataclass
+class RenderParams:
+    """Everything random about one rendering, drawn once (shared by the numpy and torch paths)."""
+
+    contrast: str
+    means: np.ndarray  # mean intensity per label value
+    texture_lattice: np.ndarray  # coarse random lattice of the multiplicative texture
+    texture_amplitude: float
+    acquired_mm: np.ndarray  # (3,) acquired voxel size
+    low_shape: tuple[int, int, int]  # acquisition grid
+    snr: float  # inf = no noise
+    noise: tuple[np.ndarray, np.ndarray] | None  # Rician real/imaginary parts (numpy path)
+    bias_amplitude: float
+    bias_lattice: np.ndarray
+    gamma: float
+    scale: float
+
+    def summary(self) -> dict:
+        return {
+            "contrast": self.contrast,
+            "acquired_mm": [float(a) for a in self.acquired_mm],
+            "snr": float(self.snr),
+            "gamma": float(self.gamma),
+        }
+
+
+def draw_render_params(
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    *,
+    contrast: str = "space",
+    spacing_mm: float = 0.2,
+    acquired_mm: float | tuple[float, float, float] | None = None,
+    snr: float | None = None,
+    draw_noise: bool = True,
+) -> RenderParams:
+    """Draw a rendering for a label map of ``shape`` (``draw_noise=False`` for the torch path,
+    which draws its noise on the device)."""
+    means = label_means(rng, contrast)
+    cells = int(rng.integers(6, 14))
+    texture_lattice = rng.normal(0.0, 1.0, size=tuple(max(2, min(cells, s)) for s in shape))
+    texture_amplitude = float(rng.uniform(0.02, 0.1))
+    if acquired_mm is None:
+        base = rng.uniform(0.4, 0.7)
+        acquired = np.clip(base * rng.uniform(0.9, 1.15, 3), 0.35, 0.8)
+    else:
+        acquired = np.broadcast_to(np.asarray(acquired_mm, dtype=float), (3,)).copy()
+    factors = acquired / spacing_mm
+    low_shape = tuple(max(4, round(s / f)) for s, f in zip(shape, factors, strict=True))
+    snr = float(rng.uniform(12.0, 45.0)) if snr is None else float(snr)
+    noise = None
+    if draw_noise and np.isfinite(snr):
+        sd = float(np.median(means[list(L.TFS_LABELS)])) / snr
+        noise = (
+            rng.normal(0.0, sd, low_shape).astype(np.float32),
+            rng.normal(0.0, sd, low_shape).astype(np.float32),
+        )
+    bias_amplitude = float(rng.uniform(0.05, 0.3))
+    bias_lattice = rng.normal(0.0, 1.0, size=tuple(max(2, min(3, s)) for s in shape))
+    gamma = float(np.exp(rng.uniform(np.log(0.75), np.log(1.35))))
+    scale = float(rng.uniform(300.0, 1000.0))  # arbitrary scanner units, like the int16 crops
+    return RenderParams(
+        contrast,
+        means,
+        texture_lattice.astype(np.float32),
+        texture_amplitude,
+        acquired,
+        low_shape,
+        snr,
+        noise,
+        bias_amplitude,
+        bias_lattice.astype(np.float32),
+        gamma,
+        scale,
+    )
+
+
+def acquisition_matrices(
+    shape: tuple[int, ...], params: RenderParams, spacing_mm: float
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per-axis (point-spread sampling, cubic up-sampling) matrices of one rendering."""
+    factors = params.acquired_mm / spacing_mm
+    down = [
+        _psf_matrix(n, m, f / 2.355)
+        for n, m, f in zip(shape, params.low_shape, factors, strict=True)
+    ]
+    up = [_cubic_matrix(m, n) for m, n in zip(params.low_shape, shape, strict=True)]
+    return down, up
+
+
+def lattice_matrices(lattice: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
+    return [_linear_matrix(c, s) for c, s in zip(lattice.shape, shape, strict=True)]
+
+
+def render_with(labels: np.ndarray, params: RenderParams, spacing_mm: float = 0.2) -> np.ndarray:
+    """Render ``labels`` with fixed ``params`` (numpy)."""
+    shape = labels.shape
+    image = params.means[labels]
+    lattice = params.texture_lattice
+    texture = apply_separable(lattice, lattice_matrices(lattice, shape))
+    image *= 1.0 + params.texture_amplitude * texture
+    down, up = acquisition_matrices(shape, params, spacing_mm)
+    low = apply_separable(image, down)  # point-spread blur + sampling on the acquisition grid
+    if params.noise is not None:  # Rician noise at the acquired resolution
+        low = np.sqrt((low + params.noise[0]) ** 2 + params.noise[1] ** 2)
+    image = apply_separable(low, up)  # scanner-style cubic interpolation to the fine grid
+    bias = apply_separable(params.bias_lattice, lattice_matrices(params.bias_lattice, shape))
+    image = np.clip(image * np.exp(params.bias_amplitude * bias), 0.0, None)
+    peak = float(np.percentile(image, 99.9)) or 1.0
+    return ((image / peak) ** params.gamma * params.scale).astype(np.float32)
+
+
 def render(
     labels: np.ndarray,
     rng: np.random.Generator,
@@ -130,48 +244,12 @@ def render(
     snr: float | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Render ``labels`` to an image (float32) and return it with the drawn settings."""
-    means = label_means(rng, contrast)
-    image = means[labels]
-    # per-label texture: smooth multiplicative variation
-    texture = smooth_field(rng, labels.shape, int(rng.integers(6, 14)))
-    image *= 1.0 + rng.uniform(0.02, 0.1) * texture
-    if acquired_mm is None:
-        base = rng.uniform(0.4, 0.7)
-        acquired = np.clip(base * rng.uniform(0.9, 1.15, 3), 0.35, 0.8)
-    else:
-        acquired = np.broadcast_to(np.asarray(acquired_mm, dtype=float), (3,))
-    factors = acquired / spacing_mm
-    # point-spread blur (FWHM ≈ acquired voxel) and sampling on the acquisition grid
-    low_shape = tuple(max(4, round(s / f)) for s, f in zip(labels.shape, factors, strict=True))
-    low = apply_separable(
-        image,
-        [
-            _psf_matrix(n, m, f / 2.355)
-            for n, m, f in zip(labels.shape, low_shape, factors, strict=True)
-        ],
+    params = draw_render_params(
+        rng,
+        labels.shape,
+        contrast=contrast,
+        spacing_mm=spacing_mm,
+        acquired_mm=acquired_mm,
+        snr=snr,
     )
-    # Rician noise at the acquired resolution
-    snr = rng.uniform(12.0, 45.0) if snr is None else snr
-    sd = float(np.median(means[list(L.TFS_LABELS)])) / snr
-    real = low + rng.normal(0.0, sd, low.shape).astype(np.float32)
-    imag = rng.normal(0.0, sd, low.shape).astype(np.float32)
-    low = np.sqrt(real**2 + imag**2)
-    # scanner-style cubic interpolation back onto the fine grid
-    image = apply_separable(
-        low, [_cubic_matrix(m, n) for m, n in zip(low_shape, labels.shape, strict=True)]
-    )
-    # smooth multiplicative bias field and gamma
-    bias = np.exp(rng.uniform(0.05, 0.3) * smooth_field(rng, labels.shape, 3))
-    image = np.clip(image * bias, 0.0, None)
-    gamma = float(np.exp(rng.uniform(np.log(0.75), np.log(1.35))))
-    peak = float(np.percentile(image, 99.9)) or 1.0
-    image = (image / peak) ** gamma
-    scale = rng.uniform(300.0, 1000.0)  # arbitrary scanner units, like the int16 crops
-    image = (image * scale).astype(np.float32)
-    settings = {
-        "contrast": contrast,
-        "acquired_mm": [float(a) for a in acquired],
-        "snr": float(snr),
-        "gamma": gamma,
-    }
-    return image, settings
+    return render_with(labels, params, spacing_mm), params.summary()
