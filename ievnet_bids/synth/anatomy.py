@@ -276,8 +276,8 @@ def sample_labyrinth(rng: np.random.Generator) -> Labyrinth:
     turns = float(np.clip(rng.normal(2.57, 0.28), 2.0, 3.1))
     outer_diam = rng.uniform(8.0, 9.5)
     height = rng.uniform(3.5, 5.0)
-    lumen0 = rng.uniform(1.8, 2.2)  # basal lumen (diameter)
-    lumen_apex = rng.uniform(0.9, 1.15)
+    lumen0 = rng.uniform(2.0, 2.4)  # basal lumen (diameter)
+    lumen_apex = rng.uniform(1.0, 1.3)
     axis = _jitter(np.array([0.62, 0.78, -0.10]), rng, 7.0)  # modiolus: base → apex
     base_centre = np.array([-2.0, 4.4, -1.9]) + rng.normal(0, 0.35, 3)
     to_vest = -base_centre - (-base_centre @ axis) * axis
@@ -301,7 +301,7 @@ def sample_labyrinth(rng: np.random.Generator) -> Labyrinth:
     lumen = lumen0 + (lumen_apex - lumen0) * frac
     wiggle = 1.0 + rng.uniform(0.04, 0.08) * np.sin(phi * rng.uniform(0.7, 1.6) + rng.uniform(0, 6))
     half_width = lumen / 2 * wiggle
-    half_height = half_width * rng.uniform(0.8, 0.95)  # flattened along the modiolus
+    half_height = half_width * rng.uniform(0.85, 1.0)  # flattened along the modiolus
     tubes.append(
         Tube(
             pts,
