@@ -27,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     roi.add_argument("--side", choices=("left", "right"), default="right")
     roi.add_argument("--contrast", choices=("space", "random"), default="space")
 
+    hold = sub.add_parser(
+        "holdout", help="write the held-out evaluation set (seeds never used for training)"
+    )
+    hold.add_argument("--out-dir", type=Path, required=True)
+    hold.add_argument("--count", type=int, default=50)
+
     bids = sub.add_parser("bids", help="write a synthetic BIDS dataset of full-head phantoms")
     bids.add_argument("--out-dir", type=Path, required=True)
     bids.add_argument("--truth-dir", type=Path, required=True, help="ground truth (outside BIDS)")
@@ -40,6 +46,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bids.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def write_holdout(out_dir: Path, count: int) -> None:
+    """``images/``, ``masks/`` (TFS) and ``labels/`` (all labels) of the held-out phantoms.
+
+    Seeds start at ``HOLDOUT_SEED_START`` (never used by the training tools); sides alternate
+    and a third use the random contrast, as in training.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from ievnet_bids.synth.labels import tfs_mask
+    from ievnet_bids.synth.phantom import generate_phantom
+    from ievnet_bids.train.pool import HOLDOUT_SEED_START, phantom_settings
+
+    for sub in ("images", "masks", "labels"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        seed = HOLDOUT_SEED_START + i
+        settings = phantom_settings(seed)
+        ph = generate_phantom(seed, **settings)
+        name = f"holdout-{i:04d}_desc-{settings['side']}.nii.gz"
+        nib.save(nib.Nifti1Image(ph.image, ph.affine), out_dir / "images" / name)
+        mask = tfs_mask(ph.labels).astype(np.uint8)
+        nib.save(nib.Nifti1Image(mask, ph.affine), out_dir / "masks" / name)
+        nib.save(nib.Nifti1Image(ph.labels, ph.affine), out_dir / "labels" / name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             stem = args.out_dir / f"phantom-{s:05d}_{args.side}"
             nib.save(nib.Nifti1Image(ph.image, ph.affine), f"{stem}_image.nii.gz")
             nib.save(nib.Nifti1Image(ph.labels, ph.affine), f"{stem}_labels.nii.gz")
+        print(args.out_dir)
+        return 0
+    if args.command == "holdout":
+        write_holdout(args.out_dir, args.count)
         print(args.out_dir)
         return 0
     if args.command == "bids":

@@ -1,0 +1,632 @@
+"""IE-Vnet training loop: Dice loss, Adam, periodic full-ROI validation, resumable runs.
+
+A run directory holds ``best.safetensors`` / ``last.safetensors`` (fp16, each with its
+``<stem>.model_card.json``), ``state.pt`` (model, optimizer, step, RNG states: plain
+tensors, lists and numbers, loaded with ``weights_only=True``), ``training_log.tsv``
+(step, loss, val_dice, lr, seconds, val_dice_raw), ``training_curve.png``, ``config.json``
+and ``val/`` (the cached validation phantoms).  All files are written atomically.
+
+Determinism: for a given ``seed`` (and the same pool files, device and thread count) the
+run is reproducible.  A resumed run restores the model, optimizer, step and the
+torch/numpy/python RNG states; the data stream is re-seeded from (seed, resume step), so
+it differs from the uninterrupted run's stream but is reproducible itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ievnet_bids.model.card import PUBLISHED_ARCHITECTURE, ModelCard, atomic_write_bytes
+from ievnet_bids.model.net import build_network, resolve_device
+from ievnet_bids.model.weights import save_model
+from ievnet_bids.train import data as D
+
+LOG_COLUMNS = ("step", "loss", "val_dice", "lr", "seconds", "val_dice_raw")
+STATE_FILE = "state.pt"
+LOSSES = ("dice", "dicebce")
+
+
+class TrainError(ValueError):
+    """A training run that cannot start (bad settings, data or run folder)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """All settings of one training run (see ``ievnet-train --help``)."""
+
+    run_dir: Path
+    # sources
+    pool: Path | None = None
+    pool_weight: float = 1.0
+    synthetic_weight: float | None = None  # None: 1 when no pool/data is given, else 0
+    data: Path | None = None
+    data_weight: float = 1.0
+    pool_refresh: int = 200  # steps between re-listings of the pool folder
+    # model
+    out_channels: int = 1
+    channels: tuple[int, ...] = tuple(PUBLISHED_ARCHITECTURE["channels"])
+    num_res_units: int = int(PUBLISHED_ARCHITECTURE["num_res_units"])
+    dropout: float = float(PUBLISHED_ARCHITECTURE["dropout"])
+    name: str = "ievnet-synth"
+    version: str = "1.0"
+    # augmentation and batches
+    crop: tuple[int, int, int] = (96, 96, 64)
+    pos_fraction: float = 2 / 3
+    elastic: bool = False
+    aug_on_device: bool | None = None  # None: on the device when it is CUDA
+    batch_size: int = 2
+    workers: int = 0
+    # optimisation
+    steps: int = 1000
+    lr: float = 3e-4
+    loss: str = "dice"
+    amp: bool | None = None  # bf16 autocast; None: on when CUDA supports bf16
+    compile: bool = False
+    # validation and bookkeeping
+    val_seeds: int = 4
+    val_every: int = 100
+    val_batch: int = 1
+    log_every: int = 10
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    time_limit_min: float | None = None
+    resume: bool = False
+    progress: bool | None = None  # None: a tqdm bar only on a terminal
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_dir", Path(self.run_dir))
+        for name in ("pool", "data"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        object.__setattr__(self, "crop", tuple(int(c) for c in self.crop))
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        self._validate()
+
+    def _validate(self) -> None:
+        def need(ok: bool, why: str) -> None:
+            if not ok:
+                raise TrainError(why)
+
+        need(self.out_channels in (1, 2), f"out_channels must be 1 or 2, got {self.out_channels}")
+        need(len(self.crop) == 3 and min(self.crop) > 0, f"crop must be 3 sizes, got {self.crop}")
+        need(len(self.channels) >= 2, "channels: need at least two levels")
+        div = 2 ** (len(self.channels) - 1)
+        need(
+            all(c % div == 0 for c in self.crop),
+            f"crop {self.crop} must be multiples of {div} (the network's stride product)",
+        )
+        need(0.0 <= self.pos_fraction <= 1.0, "pos_fraction must be in [0, 1]")
+        need(self.batch_size >= 1, "batch_size must be >= 1")
+        need(self.workers >= 0, "workers must be >= 0")
+        need(self.steps >= 1, "steps must be >= 1")
+        need(self.lr > 0, "lr must be > 0")
+        need(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
+        need(self.val_seeds >= 0, "val_seeds must be >= 0")
+        need(self.val_every >= 1 and self.log_every >= 1, "val_every/log_every must be >= 1")
+        need(self.val_batch >= 1, "val_batch must be >= 1")
+        need(self.pool_refresh >= 1, "pool_refresh must be >= 1")
+        need(self.threads is None or self.threads >= 1, "threads must be >= 1")
+        need(self.time_limit_min is None or self.time_limit_min > 0, "time limit must be positive")
+        need(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        weights = [self.pool_weight, self.data_weight, self.synthetic_weight or 0.0]
+        need(min(weights) >= 0, "source weights must be >= 0")
+        need(self.effective_weights()[1] >= 0, "synthetic weight must be >= 0")
+        need(sum(self.effective_weights()) > 0, "no training source with a positive weight")
+
+    def effective_weights(self) -> tuple[float, float, float]:
+        """(pool, synthetic, data) sampling weights after defaults."""
+        pool = self.pool_weight if self.pool is not None else 0.0
+        data = self.data_weight if self.data is not None else 0.0
+        synth = self.synthetic_weight
+        if synth is None:
+            synth = 0.0 if (self.pool is not None or self.data is not None) else 1.0
+        return float(pool), float(synth), float(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible dict of the settings."""
+        d = asdict(self)
+        for key, value in d.items():
+            if isinstance(value, Path):
+                d[key] = str(value)
+            elif isinstance(value, tuple):
+                d[key] = list(value)
+        return d
+
+    def card(self) -> ModelCard:
+        """Model card of the network trained with these settings (sigmoid per channel)."""
+        arch = dict(PUBLISHED_ARCHITECTURE)
+        arch["channels"] = list(self.channels)
+        arch["strides"] = [2] * (len(self.channels) - 1)
+        arch["num_res_units"] = self.num_res_units
+        arch["dropout"] = self.dropout
+        return ModelCard(
+            name=self.name,
+            version=self.version,
+            architecture=arch,
+            out_channels=self.out_channels,
+            tfs_channel=0,
+            output_activation="sigmoid",
+        )
+
+
+# --------------------------------------------------------------------------- loss
+class MaskedLoss(torch.nn.Module):
+    """Sigmoid Dice loss per sample and channel (MONAI ``DiceLoss``), optionally + BCE,
+    averaged with per-sample channel weights (weight 0: channel not annotated)."""
+
+    def __init__(self, kind: str = "dice") -> None:
+        super().__init__()
+        from monai.losses import DiceLoss
+
+        self.kind = kind
+        self.dice = DiceLoss(sigmoid=True, reduction="none")
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        per = self.dice(logits, target).reshape(weight.shape)  # (B, C)
+        if self.kind == "dicebce":
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, target, reduction="none"
+            )
+            per = per + bce.flatten(2).mean(2)
+        return (per * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
+# --------------------------------------------------------------------------- helpers
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of the source tree, or "" when unavailable."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Tab-separated log, one row per step (empty val_dice where not validated)."""
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.6g}" if not math.isnan(v) else ""
+        return str(v)
+
+    lines = ["\t".join(LOG_COLUMNS)]
+    lines += ["\t".join(fmt(r.get(c)) for c in LOG_COLUMNS) for r in rows]
+    _atomic_text(path, "\n".join(lines) + "\n")
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """Rows of a log written by :func:`write_log` (numbers parsed, empty → None)."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        return []
+    header = lines[0].split("\t")
+    rows = []
+    for line in lines[1:]:
+        values = line.split("\t")
+        row: dict[str, Any] = {}
+        for key, value in zip(header, values, strict=False):
+            if value == "":
+                row[key] = None
+            elif key == "step":
+                row[key] = int(value)
+            else:
+                row[key] = float(value)
+        rows.append(row)
+    return rows
+
+
+def plot_curve(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Loss (raw and moving average) and validation Dice against the step, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    steps = np.array([r["step"] for r in rows], dtype=float)
+    loss = np.array([r["loss"] for r in rows], dtype=float)
+    if len(rows):
+        ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=0.8, label="loss")
+        k = max(1, min(50, len(loss) // 10))
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1 :], smooth, color="tab:blue", lw=1.5, label=f"loss (mean of {k})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    val = [(r["step"], r["val_dice"]) for r in rows if r.get("val_dice") is not None]
+    if val:
+        ax2 = ax.twinx()
+        vs, vd = zip(*val, strict=True)
+        ax2.plot(vs, vd, "o-", color="tab:red", ms=3, label="val Dice (TFS, cleaned)")
+        ax2.set_ylabel("validation Dice")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _rng_states(np_rng: np.random.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy_generator": json.dumps(np_rng.bit_generator.state),
+        "numpy_global": _np_global_state(),
+        "python": _py_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _np_global_state() -> list[Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
+
+
+def _py_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [int(version), [int(v) for v in internal], gauss]
+
+
+def _restore_rng(state: dict[str, Any], np_rng: np.random.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np_rng.bit_generator.state = json.loads(state["numpy_generator"])
+    name, keys, pos, has_gauss, cached = state["numpy_global"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError, ValueError):
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_state(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- validation
+def validate(
+    model: torch.nn.Module,
+    card: ModelCard,
+    cases: list[tuple[np.ndarray, np.ndarray]],
+    device: torch.device,
+    batch_size: int = 1,
+) -> tuple[float, float]:
+    """Mean TFS Dice over ``cases`` after :func:`threshold_and_clean`, and before it."""
+    from ievnet_bids.metrics import dice
+    from ievnet_bids.model.infer import Segmenter
+    from ievnet_bids.postprocess import threshold_and_clean
+
+    seg = Segmenter(model, card, device, batch_size=batch_size)
+    clean, raw = [], []
+    for image, ref in cases:
+        prob = seg.predict_proba(image)
+        mask, _ = threshold_and_clean(prob, card.roi_spacing_mm, card.threshold)
+        clean.append(dice(mask, ref))
+        raw.append(dice(prob >= card.threshold, ref))
+    model.train()
+    return float(np.mean(clean)), float(np.mean(raw))
+
+
+# --------------------------------------------------------------------------- training
+def _prepare_sources(config: TrainConfig) -> dict[str, Any]:
+    pool_w, synth_w, data_w = config.effective_weights()
+    sources: dict[str, Any] = {}
+    pairs: list[tuple[Path, Path]] = []
+    try:
+        if config.pool is not None:
+            files = D.check_pool(config.pool)
+            sources["pool"] = {"path": str(config.pool), "weight": pool_w, "files": len(files)}
+        if config.data is not None:
+            pairs = D.find_pairs(config.data)
+            D.check_pairs(pairs)
+            sources["data"] = {"path": str(config.data), "weight": data_w, "pairs": len(pairs)}
+    except D.DataError as exc:
+        raise TrainError(str(exc)) from None
+    if synth_w > 0:
+        sources["synthetic"] = {"weight": synth_w, "seeds": f"[0, {D.HOLDOUT_SEED_START})"}
+    return {"sources": sources, "pairs": pairs}
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) a run; returns the path of ``best.safetensors``."""
+    t_start = time.monotonic()
+    run_dir = config.run_dir
+    state_path = run_dir / STATE_FILE
+    if config.resume and not state_path.is_file():
+        raise TrainError(f"--resume: no {STATE_FILE} in {run_dir}")
+    if not config.resume and state_path.is_file():
+        raise TrainError(f"{run_dir} already holds a run ({STATE_FILE}); use --resume or a new dir")
+    prepared = _prepare_sources(config)
+    try:
+        device = resolve_device(config.device)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    cuda = device.type == "cuda"
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    amp = (cuda and torch.cuda.is_bf16_supported()) if config.amp is None else config.amp
+    amp = bool(amp and cuda)
+    aug_on_device = cuda if config.aug_on_device is None else config.aug_on_device
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    val_paths = D.validation_set(run_dir / "val", config.val_seeds)
+    val_cases = D.load_validation(val_paths)
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    np_rng = np.random.default_rng(config.seed)
+    card = config.card()
+    model = build_network(card).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loss_fn = MaskedLoss(config.loss)
+
+    step, best, best_step, prev_seconds = 0, -math.inf, 0, 0.0
+    best_raw = math.nan
+    rows: list[dict[str, Any]] = []
+    if config.resume:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        saved = json.loads(state["config"])
+        for key in ("out_channels", "channels", "num_res_units"):
+            if saved.get(key) != config.to_dict()[key]:
+                raise TrainError(
+                    f"--resume: {key} {config.to_dict()[key]} differs from the run's "
+                    f"{saved.get(key)} ({run_dir})"
+                )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _restore_rng(state["rng"], np_rng)
+        step = int(state["step"])
+        best, best_step = float(state["best_dice"]), int(state["best_step"])
+        best_raw = float(state.get("best_dice_raw", math.nan))
+        prev_seconds = float(state["seconds"])
+        rows = [r for r in read_log(run_dir / "training_log.tsv") if r["step"] <= step]
+
+    fwd: Any = torch.compile(model) if config.compile else model
+    spatial = D.SpatialAugment(
+        config.crop, config.pos_fraction, config.elastic, device=device if aug_on_device else None
+    )
+    pool_w, synth_w, data_w = config.effective_weights()
+    stream = D.TrainStream(
+        out_channels=config.out_channels,
+        crop=config.crop,
+        spatial=None if aug_on_device else spatial,
+        seed=config.seed,
+        start_step=step,
+        pool=config.pool,
+        pool_weight=pool_w,
+        synthetic_weight=synth_w,
+        data_pairs=prepared["pairs"],
+        data_weight=data_w,
+        pool_refresh_samples=D.pool_refresh_samples(
+            config.pool_refresh, config.batch_size, config.workers
+        ),
+    )
+    if aug_on_device:
+        spatial.set_random_state(
+            int(np.random.default_rng([config.seed, step, 1 << 20]).integers(2**31))
+        )
+    loader = D.make_loader(
+        stream, config.batch_size, config.workers, seed=config.seed + step, pin_memory=cuda
+    )
+
+    commit = git_commit()
+
+    def training_info(steps_done: int, seconds: float) -> dict[str, Any]:
+        return {
+            "data_sources": prepared["sources"],
+            "targets": ["tfs", "other_fluid"][: config.out_channels],
+            "augmentations": D.augmentation_names(config.elastic),
+            "loss": f"{config.loss} (MONAI DiceLoss sigmoid, per sample and channel)",
+            "optimizer": f"Adam lr={config.lr}",
+            "seed": config.seed,
+            "steps": steps_done,
+            "batch_size": config.batch_size,
+            "crop": list(config.crop),
+            "pos_fraction": config.pos_fraction,
+            "device": device.type,
+            "amp_bf16": amp,
+            "git_commit": commit,
+            "wall_time_s": round(seconds, 1),
+            "framework": f"torch {torch.__version__}, MONAI {_monai_version()}",
+        }
+
+    def metrics(best_dice: float, raw: float, at: int) -> dict[str, Any]:
+        return {
+            "val_dice": round(best_dice, 5),
+            "val_dice_raw": None if math.isnan(raw) else round(raw, 5),
+            "val_best_step": at,
+            "val_cases": len(val_cases),
+            "val_seed_start": D.VAL_SEED_START,
+        }
+
+    def stamp(c: ModelCard, **changes: Any) -> ModelCard:
+        return replace(c, date=datetime.now(UTC).strftime("%Y-%m-%d"), **changes)
+
+    def checkpoint(seconds: float) -> None:
+        save_model(
+            model,
+            stamp(
+                card,
+                training=training_info(step, seconds),
+                metrics=metrics(best, best_raw, best_step) if best > -math.inf else {},
+            ),
+            run_dir / "last.safetensors",
+        )
+        _save_state(
+            state_path,
+            {
+                "step": step,
+                "model": _cpu_state_dict(model),
+                "optimizer": _to_cpu(optimizer.state_dict()),
+                "rng": _rng_states(np_rng),
+                "best_dice": best,
+                "best_step": best_step,
+                "best_dice_raw": best_raw,
+                "seconds": seconds,
+                "config": json.dumps(config.to_dict()),
+            },
+        )
+        write_log(run_dir / "training_log.tsv", rows)
+        plot_curve(run_dir / "training_curve.png", rows)
+
+    from tqdm.auto import tqdm
+
+    show = sys.stderr.isatty() if config.progress is None else config.progress
+    bar = tqdm(total=config.steps, initial=step, disable=not show, unit="step", file=sys.stderr)
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    )
+    limit_s = None if config.time_limit_min is None else config.time_limit_min * 60.0
+    last_val_s = 0.0
+    t_loop = time.monotonic()
+    batches = iter(loader)
+    model.train()
+    try:
+        while step < config.steps:
+            batch = next(batches)
+            x = batch["image"].to(device, non_blocking=True)
+            y = batch["target"].to(device, non_blocking=True)
+            w = batch["weight"].to(device, non_blocking=True)
+            if aug_on_device:
+                x, y = spatial(x, y)
+            with autocast():
+                logits = fwd(x)
+            loss = loss_fn(logits.float(), y, w)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            seconds = prev_seconds + time.monotonic() - t_loop
+            row: dict[str, Any] = {
+                "step": step,
+                "loss": float(loss.detach()),
+                "val_dice": None,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(seconds, 3),
+                "val_dice_raw": None,
+            }
+            rows.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", best=f"{max(best, 0.0):.4f}")
+            elapsed = time.monotonic() - t_start
+            out_of_time = limit_s is not None and elapsed + last_val_s >= limit_s
+            if step % config.val_every == 0 or step >= config.steps or out_of_time:
+                t_val = time.monotonic()
+                if val_cases:
+                    vd, vr = validate(model, card, val_cases, device, config.val_batch)
+                    row["val_dice"], row["val_dice_raw"] = vd, vr
+                else:
+                    vd, vr = 0.0, math.nan
+                if not val_cases or vd > best:
+                    best, best_raw, best_step = vd, vr, step
+                    seconds = prev_seconds + time.monotonic() - t_loop
+                    save_model(
+                        model,
+                        stamp(
+                            card,
+                            training=training_info(step, seconds),
+                            metrics=metrics(best, best_raw, best_step) if val_cases else {},
+                        ),
+                        run_dir / "best.safetensors",
+                    )
+                seconds = prev_seconds + time.monotonic() - t_loop
+                checkpoint(seconds)
+                last_val_s = time.monotonic() - t_val
+                val_text = (
+                    f"val Dice {vd:.4f} (raw {vr:.4f})  best {best:.4f} @ {best_step}"
+                    if val_cases
+                    else "no validation set (best = last)"
+                )
+                tqdm.write(
+                    f"step {step}/{config.steps}  loss {row['loss']:.4f}  {val_text}  "
+                    f"{seconds:.0f} s",
+                    file=sys.stderr,
+                )
+                if out_of_time and step < config.steps:
+                    tqdm.write(
+                        f"time limit of {config.time_limit_min} min reached at step {step}",
+                        file=sys.stderr,
+                    )
+                    break
+            elif step % config.log_every == 0:
+                write_log(run_dir / "training_log.tsv", rows)
+    finally:
+        bar.close()
+        del batches
+    best_path = run_dir / "best.safetensors"
+    if not best_path.is_file():  # resumed at/after the final step of a finished run
+        raise TrainError(f"{run_dir}: no best.safetensors was written")
+    return best_path
+
+
+def _monai_version() -> str:
+    import monai
+
+    return str(monai.__version__)

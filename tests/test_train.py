@@ -1,0 +1,131 @@
+"""ievnet-train on CPU: loss goes down, resume, determinism, clear data errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from ievnet_bids.cli import train as cli
+from ievnet_bids.model.weights import load_model
+from ievnet_bids.train import pool
+from ievnet_bids.train.data import VAL_SEED_START, TrainStream
+from ievnet_bids.train.loop import TrainConfig, read_log, train
+
+TINY = {"channels": (8, 16, 32, 64), "dropout": 0.0, "threads": 1, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A two-phantom training pool and the one cached validation phantom."""
+    root = tmp_path_factory.mktemp("phantoms")
+    (root / "pool").mkdir()
+    for seed in (0, 1):
+        pool.write_sample(root / "pool", seed)
+    (root / "val").mkdir()
+    val = pool.write_sample(root / "val", VAL_SEED_START)
+    return root / "pool", val
+
+
+def _config(run: Path, phantoms: tuple[Path, Path], **kw: object) -> TrainConfig:
+    pool_dir, val = phantoms
+    (run / "val").mkdir(parents=True, exist_ok=True)
+    if not (run / "val" / val.name).exists():  # reuse the cached validation phantom
+        shutil.copy(val, run / "val" / val.name)
+    settings: dict[str, object] = {
+        "pool": pool_dir,
+        "crop": (48, 48, 32),
+        "batch_size": 2,
+        "val_seeds": 1,
+        "pos_fraction": 1.0,
+        **TINY,
+    }
+    settings.update(kw)
+    return TrainConfig(run_dir=run, **settings)  # type: ignore[arg-type]
+
+
+def _losses(run: Path) -> np.ndarray:
+    return np.array([r["loss"] for r in read_log(run / "training_log.tsv")])
+
+
+def test_smoke_run_lowers_loss_and_writes_loadable_model(tmp_path, phantoms) -> None:
+    run = tmp_path / "run"
+    best = train(_config(run, phantoms, steps=40, val_every=40, lr=1e-2))
+    loss = _losses(run)
+    assert len(loss) == 40 and np.all(np.isfinite(loss))
+    first, last = loss[:5].mean(), loss[-5:].mean()
+    assert last < 0.85 * first, (first, last)
+    assert best == run / "best.safetensors" and best.is_file()
+    for name in ("best.model_card.json", "last.safetensors", "state.pt", "training_curve.png"):
+        assert (run / name).is_file(), name
+    model, card = load_model(best)
+    assert card.out_channels == 1 and card.output_activation == "sigmoid"
+    assert card.training["steps"] == 40 and card.training["crop"] == [48, 48, 32]
+    assert card.training["seed"] == 0 and "pool" in card.training["data_sources"]
+    assert 0.0 <= card.metrics["val_dice"] <= 1.0 and card.metrics["val_cases"] == 1
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 48, 48, 32)).shape == (1, 1, 48, 48, 32)
+
+
+def test_resume_continues_step_count(tmp_path, phantoms) -> None:
+    run = tmp_path / "run"
+    kw = {"out_channels": 2, "val_every": 5, "seed": 3}
+    train(_config(run, phantoms, steps=6, **kw))
+    assert [r["step"] for r in read_log(run / "training_log.tsv")] == list(range(1, 7))
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert state["step"] == 6
+    with pytest.raises(ValueError, match="--resume"):
+        train(_config(run, phantoms, steps=10, **kw))
+    train(_config(run, phantoms, steps=10, resume=True, **kw))
+    rows = read_log(run / "training_log.tsv")
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    assert [r["step"] for r in rows if r["val_dice"] is not None] == [5, 6, 10]
+    assert torch.load(run / "state.pt", weights_only=True)["step"] == 10
+    _, card = load_model(run / "last.safetensors")
+    assert card.out_channels == 2 and card.training["steps"] == 10
+
+
+def test_same_seed_same_losses(tmp_path, phantoms) -> None:
+    kw = {"steps": 3, "val_every": 100, "seed": 7, "workers": 1, "out_channels": 2}
+    train(_config(tmp_path / "a", phantoms, **kw))
+    train(_config(tmp_path / "b", phantoms, **kw))
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert len(a) == 3 and np.array_equal(a, b), (a, b)
+
+
+def test_stream_targets_and_weights(phantoms) -> None:
+    stream = TrainStream(
+        out_channels=2, crop=(48, 48, 32), spatial=None, seed=0, pool=phantoms[0], pool_weight=1
+    )
+    sample = next(iter(stream))
+    assert sample["image"].shape == (1, 200, 150, 100)
+    assert sample["target"].shape == (2, 200, 150, 100)
+    assert sample["target"][0].sum() > 0 and sample["target"][1].sum() > 0
+    assert not (sample["target"][0] * sample["target"][1]).any()
+    assert sample["weight"].tolist() == [1.0, 1.0]
+
+
+def _nifti(path: Path, shape: tuple[int, ...]) -> None:
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4) * 0.2), path)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    _nifti(data / "ear1_image.nii.gz", (64, 64, 40))
+    _nifti(data / "ear1_mask.nii.gz", (64, 64, 40))
+    rc = cli.main(["--out", str(tmp_path / "run"), "--data", str(data), "--val-seeds", "0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == cli.EXIT_BAD
+    assert len(err.splitlines()) == 1 and "64×64×40" in err and "200×150×100" in err, err
+
+    rc = cli.main(["--out", str(tmp_path / "run"), "--pool", str(tmp_path / "missing")])
+    err = capsys.readouterr().err.strip()
+    assert rc == cli.EXIT_BAD and "does not exist" in err and len(err.splitlines()) == 1
+
+    rc = cli.main(["--out", str(tmp_path / "run"), "--crop", "50", "48", "32"])
+    assert rc == cli.EXIT_USAGE and "multiples of 16" in capsys.readouterr().err
