@@ -28,7 +28,8 @@ def main() -> None:
     for key in rows[0]:
         v = np.array([r[key] for r in rows])
         q = np.percentile(v, [0, 5, 50, 95, 100])
-        print(f"  {key:16s} {v.mean():6.1f} ± {v.std(ddof=1):5.1f}  [{', '.join(f'{x:.0f}' for x in q)}]")
+        spread = ", ".join(f"{x:.0f}" for x in q)
+        print(f"  {key:16s} {v.mean():6.1f} ± {v.std(ddof=1):5.1f}  [{spread}]")
 
 
 if __name__ == "__main__":
