@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Evaluate a model on the synthetic hold-out set (phantom seeds from 10 000 000, never used in
+# training) with the project's own command-line tools, as a user would:
+#
+#   scripts/eval_holdout.sh [MODEL] [OUT] [COUNT]
+#
+# MODEL defaults to the shipped model, OUT to runs/holdout, COUNT to 50 ears (alternating
+# left/right; a third in random contrast). Writes OUT/holdout_metrics.tsv (per ear: Dice, HD,
+# HD95, mean surface distance, volumes) and OUT/holdout_structures.tsv (per-structure recall).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+MODEL=${1:-}
+OUT=${2:-runs/holdout}
+COUNT=${3:-50}
+
+if [[ ! -f $OUT/masks/holdout-$(printf %04d $((COUNT - 1)))_desc-right.nii.gz &&
+      ! -f $OUT/masks/holdout-$(printf %04d $((COUNT - 1)))_desc-left.nii.gz ]]; then
+  "$BIN/ievnet-synth" holdout --out-dir "$OUT" --count "$COUNT"
+fi
+model_args=()
+[[ -n $MODEL ]] && model_args=(--model "$MODEL")
+"$BIN/ievnet-segment" "$OUT"/images/*.nii.gz -o "$OUT/pred" "${model_args[@]}" --save-prob
+"$BIN/ievnet-eval" --pred "$OUT/pred" --ref "$OUT/masks" --pred-suffix _mask \
+  --out "$OUT/holdout_metrics.tsv"
+"$BIN/python" scripts/holdout_structures.py "$OUT" > "$OUT/holdout_structures.txt"
+cat "$OUT/holdout_structures.txt"
