@@ -49,9 +49,8 @@ def main(out: Path) -> None:
     print(f"per-structure figures over {len(rows)} hold-out ears (mean ± SD, min)")
     for key in keys:
         v = np.array([r[key] for r in rows])
-        print(
-            f"  {key:26s} {v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}  min {v.min():.3f}"
-        )
+        sd = v.std(ddof=1) if len(v) > 1 else 0.0
+        print(f"  {key:26s} {v.mean():.3f} ± {sd:.3f}  min {v.min():.3f}")
     header = "\t".join(["case", *keys])
     lines = [header] + ["\t".join([r["case"], *(f"{r[k]:.4f}" for k in keys)]) for r in rows]
     (out / "holdout_structures.tsv").write_text("\n".join(lines) + "\n")
