@@ -1,0 +1,1 @@
+"""BIDS input queries (:mod:`.query`) and derivative naming/writing (:mod:`.derivatives`)."""

@@ -1,0 +1,396 @@
+"""The one authority for derivative names and for writing them.
+
+Names keep the source image's entities (``sub``, ``ses``, ``acq``, ``run``, ...; its suffix is
+dropped) and add ``space``/``label``/``desc``, in BIDS entity order::
+
+    sub-01/ses-1/anat/sub-01_ses-1_acq-space_space-orig_label-TFS_desc-left_mask.nii.gz
+
+Every write is atomic (a temporary dot-file in the destination folder, then ``os.replace``),
+and :func:`publish` moves a subject's staged outputs into place only once all exist,
+skipping byte-identical files, so reruns are idempotent and a failed subject leaves nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+LOG = logging.getLogger(__name__)
+
+BIDS_VERSION = "1.11.0"
+CODE_URL = "https://github.com/ievnet/ievnet-bids"
+PIPELINE_NAME = "ievnet-bids"
+ENTITY_ORDER: tuple[str, ...] = (
+    "sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain",
+    "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space",
+    "split", "recording", "chunk", "seg", "res", "den", "label", "desc",
+)  # fmt: skip
+"""BIDS entity order (BIDS 1.10 entity table)."""
+DERIVATIVE_ENTITIES = frozenset({"space", "res", "den", "label", "desc"})
+"""Entities of a source that are not carried over to its derivatives."""
+DSEG_LABELS: tuple[tuple[int, str, str], ...] = (
+    (0, "background", "BG"),
+    (1, "left inner-ear total fluid space", "TFSL"),
+    (2, "right inner-ear total fluid space", "TFSR"),
+)
+BIDSIGNORE = (
+    "*.html",
+    "logs/",
+    "figures/",
+    "sub-*/log/",
+    "sub-*/figures/",
+    "*_volumes.tsv",
+    "*_qc.json",
+    "group_*.tsv",
+)
+_VALUE_RE = re.compile(r"^[a-zA-Z0-9]+$")
+
+
+# --------------------------------------------------------------------------- names
+def parse_bids_name(path: str | Path) -> tuple[dict[str, str], str, str]:
+    """``(entities, suffix, extension)`` of a BIDS file name, e.g.
+    ``({"sub": "01", "acq": "space"}, "T2w", ".nii.gz")``."""
+    name = Path(path).name
+    stem, dot, ext = name.partition(".")
+    parts = stem.split("_")
+    if len(parts) < 2 or not parts[0].startswith("sub-"):
+        raise ValueError(f"not a BIDS file name: {name}")
+    entities: dict[str, str] = {}
+    for part in parts[:-1]:
+        key, sep, value = part.partition("-")
+        if not sep or key not in ENTITY_ORDER or not _VALUE_RE.match(value) or key in entities:
+            raise ValueError(f"not a BIDS file name: {name} (bad entity {part!r})")
+        entities[key] = value
+    return entities, parts[-1], dot + ext
+
+
+def derivative_path(
+    source: str | Path,
+    output_dir: str | Path,
+    *,
+    space: str | None = "orig",
+    label: str | None = None,
+    desc: str | None = None,
+    suffix: str,
+    extension: str,
+    datatype: str = "anat",
+) -> Path:
+    """Path of a derivative of ``source`` under ``output_dir``.
+
+    ``extension`` with or without the dot; ``space=None`` leaves ``space`` out.
+    ``datatype="figures"`` puts the file in ``sub-<label>/figures/`` (no session folder).
+    """
+    entities, _, _ = parse_bids_name(source)
+    ent = {k: v for k, v in entities.items() if k not in DERIVATIVE_ENTITIES}
+    for key, value in (("space", space), ("label", label), ("desc", desc)):
+        if value is not None:
+            if not _VALUE_RE.match(value):
+                raise ValueError(f"{key} must be alphanumeric, not {value!r}")
+            ent[key] = value
+    if not _VALUE_RE.match(suffix):
+        raise ValueError(f"suffix must be alphanumeric, not {suffix!r}")
+    ext = extension if extension.startswith(".") else f".{extension}"
+    name = "_".join(f"{k}-{ent[k]}" for k in ENTITY_ORDER if k in ent) + f"_{suffix}{ext}"
+    folder = Path(output_dir) / f"sub-{ent['sub']}"
+    if datatype != "figures" and "ses" in ent:
+        folder /= f"ses-{ent['ses']}"
+    return folder / datatype / name
+
+
+def dataset_root_of(path: str | Path) -> Path:
+    """The dataset root above ``path``: the parent of its ``sub-<label>`` folder."""
+    path = Path(path).absolute()
+    for parent in path.parents:
+        if parent.name.startswith("sub-") and _VALUE_RE.match(parent.name[4:]):
+            return parent.parent
+    raise ValueError(f"no sub-<label> folder above {path}")
+
+
+def bids_uri(path: str | Path, dataset_root: str | Path, dataset_name: str = "raw") -> str:
+    """``bids:<dataset_name>:<path relative to dataset_root>`` (POSIX separators)."""
+    rel = Path(path).absolute().relative_to(Path(dataset_root).absolute())
+    return f"bids:{dataset_name}:{rel.as_posix()}"
+
+
+# --------------------------------------------------------------------------- sidecars
+def segmentation_sidecar(
+    source: str | Path,
+    *,
+    side: str | None,
+    model_name: str,
+    model_sha256: str,
+    centre_mm: Sequence[float] | None,
+    localizer: str,
+    extra_sources: Sequence[str | Path] = (),
+    dataset_root: str | Path | None = None,
+    dataset_name: str = "raw",
+) -> dict[str, Any]:
+    """Sidecar of a ``space-orig`` segmentation (mask, probseg, dseg) of ``source``.
+
+    ``Sources``: BIDS URIs of ``source`` and ``extra_sources`` (e.g. the head image used for
+    localization); ``SpatialReference``: ``source``'s URI. ``centre_mm``: ROI centre in
+    scanner mm (``side`` given) or ``None``.
+    """
+    root = Path(dataset_root) if dataset_root is not None else dataset_root_of(source)
+    src = bids_uri(source, root, dataset_name)
+    out: dict[str, Any] = {
+        "Description": "inner-ear total fluid space (TFS) segmented with IE-Vnet"
+        + (f", {side} ear" if side else ""),
+        "Sources": [src, *(bids_uri(p, root, dataset_name) for p in extra_sources)],
+        "SpatialReference": src,
+    }
+    if side is not None:
+        if side not in ("left", "right"):
+            raise ValueError(f"side must be left or right, not {side!r}")
+        out["Side"] = side
+    out["ModelName"] = model_name
+    out["ModelSHA256"] = model_sha256
+    out["Localizer"] = localizer
+    if centre_mm is not None:
+        centre = [float(v) for v in centre_mm]
+        if len(centre) != 3 or not all(math.isfinite(v) for v in centre):
+            raise ValueError(f"centre_mm must be 3 finite numbers, not {centre_mm!r}")
+        out["CentreMM"] = centre
+    return out
+
+
+def mask_sidecar(
+    source: str | Path,
+    *,
+    side: str,
+    model_name: str,
+    model_sha256: str,
+    centre_mm: Sequence[float],
+    localizer: str,
+    extra_sources: Sequence[str | Path] = (),
+    dataset_root: str | Path | None = None,
+) -> dict[str, Any]:
+    """Sidecar of a ``label-TFS_desc-<side>_mask``: ``Type: "ROI"`` plus provenance."""
+    return {
+        "Type": "ROI",
+        **segmentation_sidecar(
+            source,
+            side=side,
+            model_name=model_name,
+            model_sha256=model_sha256,
+            centre_mm=centre_mm,
+            localizer=localizer,
+            extra_sources=extra_sources,
+            dataset_root=dataset_root,
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- atomic writes
+@contextmanager
+def _staged(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary dot-file beside ``path``, moved onto ``path`` if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    """Atomic text write."""
+    path = Path(path)
+    with _staged(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> Path:
+    """Atomic JSON write (2-space indent, trailing newline)."""
+    return write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
+
+
+def write_nifti_atomic(img: Any, path: str | Path) -> Path:
+    """Atomic ``nibabel`` image write (compressed when ``path`` ends in ``.gz``).
+
+    A NIfTI header without spatial units gets ``mm`` (on a copy; ``img`` is unchanged).
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    header = getattr(img, "header", None)
+    if hasattr(header, "get_xyzt_units") and header.get_xyzt_units()[0] == "unknown":
+        img = img.__class__(img.dataobj, img.affine, header.copy())
+        img.header.set_xyzt_units(xyz="mm")
+    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
+    with _staged(path, suffix=suffix) as tmp:
+        nib.save(img, tmp)
+    return path
+
+
+def _tsv_cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    text = str(value)
+    if "\t" in text or "\n" in text:
+        raise ValueError(f"TSV cell contains a tab or newline: {text!r}")
+    return text
+
+
+def write_tsv_atomic(
+    df_or_rows: Any, path: str | Path, *, columns: Sequence[str] | None = None
+) -> Path:
+    """Atomic TSV write of a pandas DataFrame or a sequence of row mappings.
+
+    Missing values (``None``, NaN) become ``n/a``. Row columns: ``columns`` or the keys in
+    first-seen order.
+    """
+    if hasattr(df_or_rows, "to_dict") and hasattr(df_or_rows, "columns"):
+        cols = list(columns) if columns is not None else [str(c) for c in df_or_rows.columns]
+        rows: list[Mapping[str, Any]] = df_or_rows.to_dict(orient="records")
+    else:
+        rows = list(df_or_rows)
+        cols = list(columns) if columns is not None else []
+        if columns is None:
+            for row in rows:
+                cols += [k for k in row if k not in cols]
+    lines = ["\t".join(cols)]
+    lines += ["\t".join(_tsv_cell(row.get(c)) for c in cols) for row in rows]
+    return write_text_atomic("\n".join(lines) + "\n", path)
+
+
+# --------------------------------------------------------------------------- dataset files
+def dataset_description(
+    *, version: str, container: Mapping[str, Any] | None = None, bids_dir: Path | None = None
+) -> dict[str, Any]:
+    """Content of the derivative ``dataset_description.json`` (deterministic)."""
+    generated: dict[str, Any] = {"Name": PIPELINE_NAME, "Version": version, "CodeURL": CODE_URL}
+    if container:
+        generated["Container"] = dict(container)
+    desc: dict[str, Any] = {
+        "Name": "ievnet-bids: inner-ear total fluid space (TFS) segmentation",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated],
+        "HowToAcknowledge": (
+            "Cite IE-Vnet: Ahmadi et al., Front. Neurol. 2022, doi:10.3389/fneur.2022.663200"
+        ),
+    }
+    if bids_dir is not None:
+        bids_dir = Path(bids_dir).absolute()
+        source: dict[str, Any] = {"URL": bids_dir.as_uri()}
+        try:
+            raw = json.loads((bids_dir / "dataset_description.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raw = {}
+        if isinstance(raw, dict) and raw.get("DatasetDOI"):
+            source["DOI"] = raw["DatasetDOI"]
+        desc["SourceDatasets"] = [source]
+        desc["DatasetLinks"] = {"raw": bids_dir.as_uri()}
+    return desc
+
+
+def write_dataset_description(
+    output_dir: str | Path,
+    *,
+    version: str,
+    container: Mapping[str, Any] | None = None,
+    bids_dir: str | Path | None = None,
+) -> Path:
+    """Write ``output_dir/dataset_description.json``; safe under concurrent writers.
+
+    Left untouched when it already has this content; replaced (with a warning) otherwise.
+    """
+    path = Path(output_dir) / "dataset_description.json"
+    desc = dataset_description(
+        version=version,
+        container=container,
+        bids_dir=Path(bids_dir) if bids_dir is not None else None,
+    )
+    text = json.dumps(desc, indent=2) + "\n"
+    try:
+        if path.read_text() == text:
+            return path
+        LOG.warning("replacing %s (other content, e.g. another ievnet-bids version)", path)
+    except FileNotFoundError:
+        pass
+    return write_text_atomic(text, path)
+
+
+def write_bidsignore(output_dir: str | Path, extra: Sequence[str] = ()) -> Path:
+    """Add the non-BIDS outputs (TSV tables, figures, logs, HTML) to ``.bidsignore``."""
+    path = Path(output_dir) / ".bidsignore"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        lines = []
+    new = [p for p in (*BIDSIGNORE, *extra) if p not in lines]
+    if new or not path.exists():
+        write_text_atomic("\n".join([*lines, *new]) + "\n", path)
+    return path
+
+
+def write_dseg_tsv(output_dir: str | Path) -> Path:
+    """``output_dir/desc-tfs_dseg.tsv``: the label table of the ``dseg`` images."""
+    path = Path(output_dir) / "desc-tfs_dseg.tsv"
+    rows = [{"index": i, "name": n, "abbreviation": a} for i, n, a in DSEG_LABELS]
+    text = "index\tname\tabbreviation\n" + "".join(
+        f"{r['index']}\t{r['name']}\t{r['abbreviation']}\n" for r in rows
+    )
+    if path.is_file() and path.read_text() == text:
+        return path
+    return write_text_atomic(text, path)
+
+
+# --------------------------------------------------------------------------- publishing
+class PublishError(RuntimeError):
+    """Staged outputs could not be published; nothing was moved into place."""
+
+
+def publish(tmp_files: Mapping[Path, Path]) -> list[Path]:
+    """Move a subject's staged outputs ``{staged file: destination}`` into place.
+
+    First checks that every staged file exists, then copies each to a temporary file beside
+    its destination, and only then renames them all onto the destinations. A destination that
+    is byte-identical to its staged file is left untouched (mtime kept). On any failure
+    before the renames nothing is published (:class:`PublishError`). Staged files are kept.
+    Returns the destinations that were written.
+    """
+    items = [(Path(s), Path(d)) for s, d in tmp_files.items()]
+    missing = [str(s) for s, _ in items if not s.is_file()]
+    if missing:
+        raise PublishError(f"staged output(s) missing, nothing published: {', '.join(missing)}")
+    dests = [d for _, d in items]
+    if len(set(dests)) != len(dests):
+        raise PublishError("two staged outputs share a destination, nothing published")
+    todo = [(s, d) for s, d in items if not (d.is_file() and filecmp.cmp(s, d, shallow=False))]
+    copies: list[tuple[Path, Path]] = []
+    made: list[Path] = []  # folders created here, removed again on failure
+    try:
+        for src, dest in todo:
+            made += [p for p in (dest.parent, *dest.parent.parents) if not p.exists()][::-1]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+            os.close(fd)
+            copies.append((Path(name), dest))
+            shutil.copyfile(src, name)
+    except OSError as err:
+        for tmp, _ in copies:
+            tmp.unlink(missing_ok=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise PublishError(f"could not stage outputs, nothing published: {err}") from err
+    for tmp, dest in copies:
+        os.replace(tmp, dest)
+    return [d for _, d in copies]
