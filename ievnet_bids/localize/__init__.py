@@ -1,0 +1,1 @@
+"""Ear localisation: template registration (first guess) and labyrinth search (refinement)."""
