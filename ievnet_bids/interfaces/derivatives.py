@@ -1,0 +1,76 @@
+"""The derivatives sink: stage every output of one slab, then publish them together."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Directory,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+
+class _SinkInputSpec(BaseInterfaceInputSpec):
+    slab = File(exists=True, mandatory=True)
+    head = File(exists=True)
+    centres = File(exists=True, mandatory=True)
+    segment_record = File(exists=True, mandatory=True)
+    left_prob = File(exists=True, mandatory=True)
+    left_mask = File(exists=True, mandatory=True)
+    right_prob = File(exists=True, mandatory=True)
+    right_mask = File(exists=True, mandatory=True)
+    left_touches_edge = traits.Bool(False, usedefault=True)
+    right_touches_edge = traits.Bool(False, usedefault=True)
+    output_dir = Directory(mandatory=True)
+
+
+class _SinkOutputSpec(TraitedSpec):
+    out_files = traits.List(File(exists=True), desc="published derivatives")
+    volumes = File(exists=True, desc="the volumes table of this slab")
+
+
+class SlabDerivativesSink(SimpleInterface):
+    """Write masks, probsegs, dseg (+ sidecars) and the volumes table of one slab.
+
+    Always runs (cheap): a rerun re-publishes and skips byte-identical files.
+    """
+
+    input_spec = _SinkInputSpec
+    output_spec = _SinkOutputSpec
+    always_run = True
+
+    def _run_interface(self, runtime):
+        from ievnet_bids.bids.derivatives import publish
+        from ievnet_bids.outputs import stage_slab_outputs
+
+        centres = json.loads(Path(self.inputs.centres).read_text())
+        seg = json.loads(Path(self.inputs.segment_record).read_text())
+        ears = {}
+        for side in ("left", "right"):
+            info = seg["ears"][side]
+            ears[side] = {
+                "prob": getattr(self.inputs, f"{side}_prob"),
+                "mask": getattr(self.inputs, f"{side}_mask"),
+                "centre_mm": info.get("labyrinth_centre_mm") or info["roi_centre_mm"],
+                "moved_mm": centres["moved_mm"][side] + info.get("recentred_mm", 0.0),
+                "touches_edge": getattr(self.inputs, f"{side}_touches_edge"),
+            }
+        staged, _ = stage_slab_outputs(
+            Path(self.inputs.slab),
+            ears,
+            stage_dir=Path(runtime.cwd) / "staged",
+            output_dir=Path(self.inputs.output_dir),
+            model_name=seg["model_name"],
+            model_sha256=seg["model_sha256"],
+            localizer=centres["localizer"],
+            head=Path(self.inputs.head) if self.inputs.head else None,
+        )
+        publish(staged)
+        self._results["out_files"] = [str(d) for d in staged.values()]
+        self._results["volumes"] = next(str(d) for d in staged.values() if d.name.endswith(".tsv"))
+        return runtime

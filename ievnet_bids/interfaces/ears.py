@@ -1,0 +1,182 @@
+"""Interfaces of the per-slab graph: localize → extract (per ear) → segment → map back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+SIDES = ("left", "right")
+
+
+class _LocalizeInputSpec(BaseInterfaceInputSpec):
+    slab = File(exists=True, mandatory=True, desc="inner-ear T2 slab")
+    head = File(exists=True, desc="full-head image for template registration")
+    localizer = traits.Enum("auto", "template", "detect", "landmarks", usedefault=True)
+    landmarks = traits.Str("", usedefault=True, desc="JSON {left: [x,y,z], right: [x,y,z]}")
+    threads = traits.Int(1, usedefault=True)
+
+
+class _LocalizeOutputSpec(TraitedSpec):
+    centres = File(exists=True, desc="JSON localization record")
+
+
+class LocalizeEars(SimpleInterface):
+    """First guess of both ear centres, refined by a ±20 mm labyrinth search."""
+
+    input_spec = _LocalizeInputSpec
+    output_spec = _LocalizeOutputSpec
+
+    def _run_interface(self, runtime):
+        from ievnet_bids.localize.ears import localize_ears
+
+        record = localize_ears(
+            Path(self.inputs.slab),
+            head=Path(self.inputs.head) if self.inputs.head else None,
+            localizer=self.inputs.localizer,
+            landmarks=json.loads(self.inputs.landmarks) if self.inputs.landmarks else None,
+            threads=self.inputs.threads,
+        )
+        out = Path(runtime.cwd) / "centres.json"
+        out.write_text(json.dumps(record, indent=2))
+        self._results["centres"] = str(out)
+        return runtime
+
+
+class _ExtractInputSpec(BaseInterfaceInputSpec):
+    slab = File(exists=True, mandatory=True)
+    centres = File(exists=True, mandatory=True)
+    side = traits.Enum(*SIDES, mandatory=True)
+
+
+class _ExtractOutputSpec(TraitedSpec):
+    roi = File(exists=True, desc="ROI image (200×150×100 at 0.2 mm) on its own oriented grid")
+    touches_edge = traits.Bool()
+
+
+class ExtractEar(SimpleInterface):
+    """Cubic-resample one ear's ROI from the slab, oriented along the head's axes."""
+
+    input_spec = _ExtractInputSpec
+    output_spec = _ExtractOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nib
+        import numpy as np
+
+        from ievnet_bids.geometry.extract import roi_touches_slab_edge
+        from ievnet_bids.segmentation import extract_ear, save_ear
+
+        record = json.loads(Path(self.inputs.centres).read_text())
+        side = self.inputs.side
+        slab = nib.load(self.inputs.slab)
+        ear = extract_ear(
+            slab, side, np.asarray(record["refined"][side]), np.asarray(record["head_axes"])
+        )
+        self._results["roi"] = str(save_ear(ear, Path(runtime.cwd))["image"])
+        self._results["touches_edge"] = bool(roi_touches_slab_edge(ear.grid, slab))
+        return runtime
+
+
+class _SegmentInputSpec(BaseInterfaceInputSpec):
+    slab = File(exists=True, mandatory=True)
+    centres = File(exists=True, mandatory=True)
+    rois = InputMultiObject(File(exists=True), mandatory=True, desc="left and right ROI")
+    model = File(exists=True, mandatory=True, desc="model weights (safetensors or .pth)")
+    device = traits.Enum("auto", "cpu", "cuda", usedefault=True)
+    omp_nthreads = traits.Int(1, usedefault=True)
+
+
+class _SegmentOutputSpec(TraitedSpec):
+    probs = traits.List(File(exists=True), desc="ROI probabilities, left then right")
+    masks = traits.List(File(exists=True), desc="cleaned ROI masks, left then right")
+    record = File(exists=True, desc="JSON: per ear clean-up, centres, re-centring; model")
+
+
+class SegmentEars(SimpleInterface):
+    """Run IE-Vnet on both ears in one batch; re-centre on the found labyrinth if needed."""
+
+    input_spec = _SegmentInputSpec
+    output_spec = _SegmentOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nib
+        import numpy as np
+
+        from ievnet_bids.model.infer import Segmenter
+        from ievnet_bids.model.weights import load_model, sha256_file
+        from ievnet_bids.segmentation import EarRoi, grid_of, save_ear, segment_ears
+
+        record = json.loads(Path(self.inputs.centres).read_text())
+        model, card = load_model(self.inputs.model)
+        segmenter = Segmenter(
+            model, card, device=self.inputs.device, omp_threads=self.inputs.omp_nthreads
+        )
+        ears = []
+        for side, path in zip(SIDES, self.inputs.rois, strict=True):
+            img = nib.load(path)
+            ears.append(EarRoi(side, grid_of(img), np.asanyarray(img.dataobj, dtype=np.float32)))
+        ears = segment_ears(
+            ears,
+            segmenter,
+            slab_img=nib.load(self.inputs.slab),
+            head_axes=np.asarray(record["head_axes"]),
+            threshold=card.threshold,
+        )
+        cwd = Path(runtime.cwd)
+        files = [save_ear(ear, cwd) for ear in ears]
+        out = {
+            "model_name": card.name,
+            "model_sha256": card.weights_sha256 or sha256_file(self.inputs.model),
+            "ears": {ear.side: ear.info for ear in ears},
+        }
+        (cwd / "segment.json").write_text(json.dumps(out, indent=2, default=str))
+        self._results["probs"] = [str(f["prob"]) for f in files]
+        self._results["masks"] = [str(f["mask"]) for f in files]
+        self._results["record"] = str(cwd / "segment.json")
+        return runtime
+
+
+class _MapBackInputSpec(BaseInterfaceInputSpec):
+    slab = File(exists=True, mandatory=True)
+    probs = traits.List(File(exists=True), mandatory=True)
+    masks = traits.List(File(exists=True), mandatory=True)
+    side = traits.Enum(*SIDES, mandatory=True)
+
+
+class _MapBackOutputSpec(TraitedSpec):
+    prob = File(exists=True, desc="probability on the slab's native grid")
+    mask = File(exists=True, desc="mask on the slab's native grid")
+
+
+class MapBackEar(SimpleInterface):
+    """Linear interpolation of one ear's probability onto the slab, then threshold."""
+
+    input_spec = _MapBackInputSpec
+    output_spec = _MapBackOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nib
+        import numpy as np
+
+        from ievnet_bids.segmentation import map_back_ear
+
+        i = SIDES.index(self.inputs.side)
+        slab = nib.load(self.inputs.slab)
+        prob, mask = map_back_ear(
+            nib.load(self.inputs.probs[i]), nib.load(self.inputs.masks[i]), slab
+        )
+        cwd = Path(runtime.cwd)
+        for key, data, dtype in (("prob", prob, np.float32), ("mask", mask, np.uint8)):
+            path = cwd / f"native_{self.inputs.side}_{key}.nii.gz"
+            nib.save(nib.Nifti1Image(data.astype(dtype), slab.affine), path)
+            self._results[key] = str(path)
+        return runtime

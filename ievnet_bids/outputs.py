@@ -1,0 +1,154 @@
+"""Compose one slab's BIDS-Derivatives (masks, probsegs, dseg, volumes table) and QC flags.
+
+Everything is written to a staging folder first; :func:`ievnet_bids.bids.derivatives.publish`
+then moves the whole set into the output dataset, so a failed subject leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cc3d
+import nibabel as nib
+import numpy as np
+
+from ievnet_bids.bids import derivatives as D
+
+SIDES = ("left", "right")
+DSEG_VALUE = {"left": 1, "right": 2}
+EXPECTED_VOLUME_MM3 = (100.0, 450.0)
+MAX_REFINEMENT_MOVE_MM = 12.0
+
+
+def qc_flags(
+    volume_mm3: float,
+    n_components: int,
+    moved_mm: float,
+    touches_edge: bool,
+) -> list[str]:
+    """Automatic QC flags of one ear (empty = nothing to report)."""
+    flags = []
+    lo, hi = EXPECTED_VOLUME_MM3
+    if volume_mm3 == 0:
+        flags.append("empty_mask")
+    elif not lo <= volume_mm3 <= hi:
+        flags.append("volume_out_of_range")
+    if n_components > 1:
+        flags.append("multiple_components")
+    if moved_mm > MAX_REFINEMENT_MOVE_MM:
+        flags.append("large_refinement_move")
+    if touches_edge:
+        flags.append("roi_touches_slab_edge")
+    return flags
+
+
+def _native_image(data: np.ndarray, like: nib.spatialimages.SpatialImage, dtype) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), like.affine)
+    hdr = like.header if isinstance(like.header, nib.Nifti1Header) else None
+    scode = int(hdr["sform_code"]) if hdr is not None else 1
+    qcode = int(hdr["qform_code"]) if hdr is not None else 1
+    img.set_sform(like.affine, code=scode or 1)
+    img.set_qform(like.affine, code=qcode or 1)
+    img.header.set_xyzt_units("mm", "sec")
+    return img
+
+
+def stage_slab_outputs(
+    slab: Path,
+    ears: dict[str, dict[str, Any]],
+    *,
+    stage_dir: Path,
+    output_dir: Path,
+    model_name: str,
+    model_sha256: str,
+    localizer: str,
+    head: Path | None = None,
+) -> tuple[dict[Path, Path], list[dict[str, Any]]]:
+    """Write all derivatives of ``slab`` into ``stage_dir``.
+
+    ``ears[side]`` holds ``prob`` and ``mask`` (native-grid NIfTI paths), ``centre_mm``,
+    ``moved_mm`` and ``touches_edge``. Returns ``({staged: destination}, volume rows)``.
+    """
+    slab_img = nib.load(str(slab))
+    voxel_mm3 = float(np.prod(slab_img.header.get_zooms()[:3]))
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    extra = (head,) if head is not None else ()
+    staged: dict[Path, Path] = {}
+
+    def stage(name_kwargs: dict[str, Any], data_img, sidecar: dict | None) -> None:
+        dest = D.derivative_path(slab, output_dir, **name_kwargs)
+        tmp = stage_dir / dest.name
+        D.write_nifti_atomic(data_img, tmp)
+        staged[tmp] = dest
+        if sidecar is not None:
+            json_dest = dest.with_name(dest.name.removesuffix(".nii.gz") + ".json")
+            json_tmp = stage_dir / json_dest.name
+            D.write_json_atomic(sidecar, json_tmp)
+            staged[json_tmp] = json_dest
+
+    dseg = np.zeros(slab_img.shape[:3], np.uint8)
+    rows = []
+    for side in SIDES:
+        ear = ears[side]
+        mask = np.asanyarray(nib.load(str(ear["mask"])).dataobj) > 0
+        prob = np.asanyarray(nib.load(str(ear["prob"])).dataobj, dtype=np.float32)
+        dseg[mask] = DSEG_VALUE[side]
+        common = {
+            "side": side,
+            "model_name": model_name,
+            "model_sha256": model_sha256,
+            "centre_mm": ear["centre_mm"],
+            "localizer": localizer,
+            "extra_sources": extra,
+        }
+        stage(
+            {"label": "TFS", "desc": side, "suffix": "mask", "extension": ".nii.gz"},
+            _native_image(mask, slab_img, np.uint8),
+            D.mask_sidecar(slab, **common),
+        )
+        stage(
+            {"label": "TFS", "desc": side, "suffix": "probseg", "extension": ".nii.gz"},
+            _native_image(prob, slab_img, np.float32),
+            D.segmentation_sidecar(slab, **common),
+        )
+        n_comp = int(cc3d.connected_components(mask, connectivity=26).max()) if mask.any() else 0
+        volume = float(mask.sum() * voxel_mm3)
+        rows.append(
+            {
+                "side": side,
+                "volume_mm3": round(volume, 3),
+                "n_components": n_comp,
+                "centre_x_mm": round(float(ear["centre_mm"][0]), 3),
+                "centre_y_mm": round(float(ear["centre_mm"][1]), 3),
+                "centre_z_mm": round(float(ear["centre_mm"][2]), 3),
+                "localizer": localizer,
+                "refinement_moved_mm": round(float(ear["moved_mm"]), 3),
+                "qc_flags": ",".join(
+                    qc_flags(volume, n_comp, float(ear["moved_mm"]), bool(ear["touches_edge"]))
+                )
+                or "n/a",
+                "model": model_name,
+                "model_sha256": model_sha256[:12],
+            }
+        )
+    stage(
+        {"suffix": "dseg", "extension": ".nii.gz"},
+        _native_image(dseg, slab_img, np.uint8),
+        D.segmentation_sidecar(
+            slab,
+            side=None,
+            model_name=model_name,
+            model_sha256=model_sha256,
+            centre_mm=None,
+            localizer=localizer,
+            extra_sources=extra,
+        ),
+    )
+    tsv_dest = D.derivative_path(
+        slab, output_dir, space=None, desc="tfs", suffix="volumes", extension=".tsv"
+    )
+    tsv_tmp = stage_dir / tsv_dest.name
+    D.write_tsv_atomic(rows, tsv_tmp)
+    staged[tsv_tmp] = tsv_dest
+    return staged, rows

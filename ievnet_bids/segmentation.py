@@ -1,0 +1,155 @@
+"""Segment both ears of a slab on their ROIs, re-centre on the found labyrinth, map back.
+
+Pure functions over files and arrays (no Nipype): the workflow's extract, segment and
+map-back nodes call them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from ievnet_bids.geometry.roi import RoiGrid
+
+RECENTRE_TOLERANCE_MM = 2.0
+
+
+@dataclass
+class EarRoi:
+    """One ear's ROI: grid, image and (after segmentation) probability, mask and record."""
+
+    side: str
+    grid: RoiGrid
+    image: np.ndarray
+    prob: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    info: dict[str, Any] | None = None
+
+
+def roi_image(data: np.ndarray, grid: RoiGrid) -> nib.Nifti1Image:
+    """A NIfTI image on the ROI grid: its affine *is* the geometry record."""
+    img = nib.Nifti1Image(np.asarray(data), grid.affine)
+    img.set_sform(grid.affine, code=1)
+    img.set_qform(grid.affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    return img
+
+
+def grid_of(img: nib.spatialimages.SpatialImage) -> RoiGrid:
+    return RoiGrid(tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine, dtype=float))
+
+
+def extract_ear(
+    slab_img: nib.spatialimages.SpatialImage,
+    side: str,
+    centre_mm: np.ndarray,
+    head_axes: np.ndarray | None,
+) -> EarRoi:
+    """The ROI of one ear, oriented along the head's axes, cubic-resampled from the slab."""
+    from ievnet_bids.geometry.extract import extract_roi, roi_grid_for
+
+    grid = roi_grid_for(np.asarray(centre_mm, dtype=float), head_axes)
+    return EarRoi(side, grid, extract_roi(slab_img, grid, order=3))
+
+
+def mask_centre_mm(mask: np.ndarray, grid: RoiGrid) -> np.ndarray | None:
+    """World centre of the mask's bounding box (the ear-centre convention), or None."""
+    idx = np.argwhere(mask)
+    if idx.size == 0:
+        return None
+    return grid.voxel_to_world(((idx.min(0) + idx.max(0)) / 2.0)[None])[0]
+
+
+def segment_ears(
+    ears: list[EarRoi],
+    segmenter: Any,
+    *,
+    slab_img: nib.spatialimages.SpatialImage | None = None,
+    head_axes: np.ndarray | None = None,
+    threshold: float = 0.5,
+    recentre: bool = True,
+) -> list[EarRoi]:
+    """Segment all ears in one batch; re-centre and re-segment those whose labyrinth lies
+    more than 2 mm from the ROI centre (needs ``slab_img``).
+
+    Each ear's ``info`` records the clean-up (kept/dropped components), the final centre and
+    how far re-centring moved it.
+    """
+    from ievnet_bids.postprocess import threshold_and_clean
+
+    def run(batch: list[EarRoi]) -> None:
+        probs = segmenter.predict_proba(np.stack([e.image for e in batch]))
+        for ear, prob in zip(batch, probs, strict=True):
+            mask, info = threshold_and_clean(prob, ear.grid.spacing, threshold)
+            ear.prob, ear.mask, ear.info = prob, mask, info
+
+    run(ears)
+    for ear in ears:
+        ear.info = {**(ear.info or {}), "recentred_mm": 0.0}
+    if recentre and slab_img is not None:
+        redo: list[tuple[int, EarRoi, float]] = []
+        for i, ear in enumerate(ears):
+            centre = mask_centre_mm(ear.mask, ear.grid)
+            if centre is None:
+                continue
+            shift = float(np.linalg.norm(centre - ear.grid.centre_mm))
+            if shift > RECENTRE_TOLERANCE_MM:
+                redo.append((i, extract_ear(slab_img, ear.side, centre, head_axes), shift))
+        if redo:
+            run([moved for _, moved, _ in redo])
+            for i, moved, shift in redo:
+                moved.info["recentred_mm"] = shift
+                ears[i] = moved
+    for ear in ears:
+        centre = mask_centre_mm(ear.mask, ear.grid)
+        ear.info["roi_centre_mm"] = ear.grid.centre_mm.tolist()
+        ear.info["labyrinth_centre_mm"] = None if centre is None else centre.tolist()
+    return ears
+
+
+def cleaned_probability(prob: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The probability restricted to the kept labyrinth (plus a one-voxel rim for its edges)."""
+    keep = ndimage.binary_dilation(mask > 0, iterations=1)
+    return np.where(keep, prob, 0.0).astype(np.float32)
+
+
+def map_back_ear(
+    prob_roi: nib.spatialimages.SpatialImage,
+    mask_roi: nib.spatialimages.SpatialImage,
+    slab_img: nib.spatialimages.SpatialImage,
+    threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(probability, mask) of one ear on the slab's native grid.
+
+    The raw probability is linearly interpolated for the ``probseg``; the mask is the
+    interpolated *cleaned* probability (dropped components removed) thresholded at 0.5.
+    """
+    from ievnet_bids.geometry.extract import map_back
+
+    grid = grid_of(prob_roi)
+    prob = np.asanyarray(prob_roi.dataobj, dtype=np.float32)
+    mask = np.asanyarray(mask_roi.dataobj) > 0
+    native_prob = map_back(prob, grid, slab_img)
+    native_mask = map_back(cleaned_probability(prob, mask), grid, slab_img) >= threshold
+    return native_prob, native_mask.astype(np.uint8)
+
+
+def save_ear(ear: EarRoi, folder: Path) -> dict[str, Path]:
+    """Write an ear's ROI image, probability and mask as NIfTI on the ROI grid."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {
+        "image": folder / f"roi_{ear.side}_image.nii.gz",
+        "prob": folder / f"roi_{ear.side}_prob.nii.gz",
+        "mask": folder / f"roi_{ear.side}_mask.nii.gz",
+    }
+    nib.save(roi_image(ear.image.astype(np.float32), ear.grid), out["image"])
+    if ear.prob is not None:
+        nib.save(roi_image(ear.prob.astype(np.float32), ear.grid), out["prob"])
+    if ear.mask is not None:
+        nib.save(roi_image(ear.mask.astype(np.uint8), ear.grid), out["mask"])
+    return out

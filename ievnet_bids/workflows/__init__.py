@@ -1,0 +1,1 @@
+"""Nipype workflows (participant level) and the plain-Python group level."""

@@ -1,0 +1,224 @@
+"""Participant level: one Nipype graph per participant/session.
+
+``init_participant_wf`` → one ``init_slab_wf`` per inner-ear slab::
+
+    inputnode → localize → extract_left ─┐
+                         → extract_right ─┴→ segment (both ears, one batch)
+                                             → map_back_left ─┐
+                                             → map_back_right ┴→ ds_slab (stage + publish)
+
+Each participant/session runs as its own graph (MultiProc over ``--nprocs``), so a crash
+fails that unit alone; crash files are written as text to ``sub-XX/log/``. Node results are
+cached in the work directory, so a rerun reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ievnet_bids.bids.query import SubjectInputs
+from ievnet_bids.config import RunConfig
+from ievnet_bids.interfaces.derivatives import SlabDerivativesSink
+from ievnet_bids.interfaces.ears import ExtractEar, LocalizeEars, MapBackEar, SegmentEars
+
+LOG = logging.getLogger("ievnet_bids")
+SIDES = ("left", "right")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", text)
+
+
+def init_slab_wf(
+    *,
+    output_dir: Path,
+    model: Path,
+    localizer: str = "auto",
+    landmarks: Mapping[str, Sequence[float]] | None = None,
+    device: str = "auto",
+    omp_nthreads: int = 1,
+    name: str = "slab_wf",
+) -> pe.Workflow:
+    """Segment both ears of one slab and write its derivatives.
+
+    Inputs (``inputnode``): ``slab``, ``head`` (optional full-head image).
+    Outputs (``outputnode``): ``out_files``, ``volumes``.
+
+    >>> wf = init_slab_wf(output_dir=Path("/tmp/out"), model=Path("m.safetensors"))
+    >>> sorted(wf.list_node_names())[:3]
+    ['ds_slab', 'extract_left', 'extract_right']
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["slab", "head"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_files", "volumes"]), name="outputnode")
+    localize = pe.Node(
+        LocalizeEars(
+            localizer=localizer,
+            landmarks=json.dumps({k: list(v) for k, v in landmarks.items()}) if landmarks else "",
+            threads=omp_nthreads,
+        ),
+        name="localize",
+        mem_gb=1.5,
+        n_procs=omp_nthreads,
+    )
+    segment = pe.Node(
+        SegmentEars(model=str(model), device=device, omp_nthreads=omp_nthreads),
+        name="segment",
+        mem_gb=3.0,
+        n_procs=omp_nthreads,
+    )
+    merge_rois = pe.Node(niu.Merge(2), name="merge_rois", run_without_submitting=True)
+    ds_slab = pe.Node(SlabDerivativesSink(output_dir=str(output_dir)), name="ds_slab", mem_gb=1.0)
+    wf.connect([
+        (inputnode, localize, [("slab", "slab"), ("head", "head")]),
+        (inputnode, segment, [("slab", "slab")]),
+        (localize, segment, [("centres", "centres")]),
+        (merge_rois, segment, [("out", "rois")]),
+        (inputnode, ds_slab, [("slab", "slab"), ("head", "head")]),
+        (localize, ds_slab, [("centres", "centres")]),
+        (segment, ds_slab, [("record", "segment_record")]),
+        (ds_slab, outputnode, [("out_files", "out_files"), ("volumes", "volumes")]),
+    ])  # fmt: skip
+    for i, side in enumerate(SIDES, start=1):
+        extract = pe.Node(ExtractEar(side=side), name=f"extract_{side}", mem_gb=1.0)
+        map_back = pe.Node(MapBackEar(side=side), name=f"map_back_{side}", mem_gb=1.5)
+        wf.connect([
+            (inputnode, extract, [("slab", "slab")]),
+            (localize, extract, [("centres", "centres")]),
+            (extract, merge_rois, [("roi", f"in{i}")]),
+            (extract, ds_slab, [("touches_edge", f"{side}_touches_edge")]),
+            (inputnode, map_back, [("slab", "slab")]),
+            (segment, map_back, [("probs", "probs"), ("masks", "masks")]),
+            (map_back, ds_slab, [("prob", f"{side}_prob"), ("mask", f"{side}_mask")]),
+        ])  # fmt: skip
+    return wf
+
+
+def init_participant_wf(
+    *,
+    unit: SubjectInputs,
+    config: RunConfig,
+    landmarks: Mapping[str, Sequence[float]] | None = None,
+    name: str | None = None,
+) -> pe.Workflow:
+    """All slabs of one participant/session (``unit``), one ``init_slab_wf`` each."""
+    wf = pe.Workflow(name=name or f"{_safe(unit.name)}_wf")
+    for k, slab in enumerate(unit.slabs):
+        slab_wf = init_slab_wf(
+            output_dir=config.output_dir,
+            model=config.model_path(),
+            localizer=config.localizer,
+            landmarks=landmarks,
+            device=config.device,
+            omp_nthreads=config.omp_nthreads,
+            name=f"slab{k}_{_safe(Path(slab).name.split('.')[0])}_wf",
+        )
+        slab_wf.inputs.inputnode.slab = str(slab)
+        if unit.head is not None:
+            slab_wf.inputs.inputnode.head = str(unit.head)
+        wf.add_nodes([slab_wf])
+    return wf
+
+
+def crash_dir(config: RunConfig, unit: SubjectInputs) -> Path:
+    folder = config.output_dir / f"sub-{unit.subject}" / "log"
+    return folder / f"ses-{unit.session}" if unit.session else folder
+
+
+def _crash_reason(folder: Path, since: float) -> str:
+    """Last line of the newest crash file written after ``since``."""
+    crashes = sorted(
+        (p for p in folder.glob("crash-*") if p.stat().st_mtime >= since - 1),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not crashes:
+        return "workflow failed (no crash file)"
+    text = crashes[-1].read_text(errors="replace")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    message = next((ln for ln in reversed(lines) if re.match(r"^[\w.]*(Error|Exception)", ln)), "")
+    node = next((ln for ln in lines if ln.startswith("Node:")), "Node: ?")
+    return f"{node.removeprefix('Node: ')}: {message or lines[-1]} (see {crashes[-1]})"
+
+
+def prepare_output_dir(config: RunConfig) -> None:
+    """dataset_description.json, .bidsignore, dseg.tsv and the run's configuration copy."""
+    from ievnet_bids.bids import derivatives as D
+
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    D.write_dataset_description(config.output_dir, version=config.version, bids_dir=config.bids_dir)
+    D.write_bidsignore(config.output_dir)
+    D.write_dseg_tsv(config.output_dir)
+    logs = config.output_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    D.write_text_atomic(config.to_toml(), logs / f"config-{config.run_id}.toml")
+
+
+def run_participant_level(config: RunConfig, inputs: Sequence[SubjectInputs]) -> dict[str, str]:
+    """Run every participant/session; returns ``{unit: one-line reason}`` for the failures."""
+    from nipype import config as nipype_config
+
+    from ievnet_bids.bids.query import landmarks_for, load_landmarks
+
+    nipype_config.set("execution", "crashfile_format", "txt")
+    nipype_config.set("execution", "remove_unnecessary_outputs", "false")
+    nipype_config.set("monitoring", "enabled", "false")
+    # nipype logs through its own handler; keep it quiet unless asked (-vv)
+    nipype_logger = logging.getLogger("nipype")
+    nipype_logger.propagate = False
+    if config.verbose < 2:
+        for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    prepare_output_dir(config)
+    table = load_landmarks(config.landmarks_file) if config.localizer == "landmarks" else None
+    model = config.model_path()
+    failures: dict[str, str] = {}
+    for unit in inputs:
+        if failures and config.stop_on_first_crash:
+            failures[unit.name] = "not run (--stop-on-first-crash)"
+            continue
+        if not unit.slabs:
+            acq = "/".join(config.acq_values)
+            failures[unit.name] = f"no inner-ear slab (T2w with acq-{acq}) in {config.bids_dir}"
+            continue
+        if not Path(model).is_file():
+            failures[unit.name] = f"model file not found: {model}"
+            continue
+        landmarks = None
+        if table is not None:
+            landmarks = landmarks_for(table, unit.subject, unit.session)
+            if set(landmarks) != set(SIDES):
+                failures[unit.name] = f"no left and right ear centres in {config.landmarks_file}"
+                continue
+        wf = init_participant_wf(unit=unit, config=config, landmarks=landmarks)
+        wf.base_dir = str(config.work_dir)
+        crashes = crash_dir(config, unit)
+        crashes.mkdir(parents=True, exist_ok=True)
+        wf.config["execution"] = {
+            "crashdump_dir": str(crashes),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": "true" if config.stop_on_first_crash else "false",
+            "remove_unnecessary_outputs": "false",
+        }
+        LOG.info("%s: running %d slab(s)", unit.name, len(unit.slabs))
+        start = time.time()
+        try:
+            wf.run(plugin="MultiProc", plugin_args={"n_procs": config.nprocs, **_mem(config)})
+        except Exception as err:  # nipype raises RuntimeError naming the crashed nodes
+            failures[unit.name] = _crash_reason(crashes, start) or str(err).splitlines()[0]
+            continue
+        LOG.info("%s: done in %.1f s", unit.name, time.time() - start)
+        if not any(crashes.iterdir()):
+            crashes.rmdir()
+    return failures
+
+
+def _mem(config: RunConfig) -> dict[str, float]:
+    return {"memory_gb": float(config.mem_gb)} if config.mem_gb else {}
