@@ -206,11 +206,12 @@ def run_participant_level(config: RunConfig, inputs: Sequence[SubjectInputs]) ->
             "crashfile_format": "txt",
             "stop_on_first_crash": "true" if config.stop_on_first_crash else "false",
             "remove_unnecessary_outputs": "false",
+            "poll_sleep_duration": "0.2",
         }
         LOG.info("%s: running %d slab(s)", unit.name, len(unit.slabs))
         start = time.time()
         try:
-            wf.run(plugin="MultiProc", plugin_args={"n_procs": config.nprocs, **_mem(config)})
+            wf.run(plugin="MultiProc", plugin_args=_plugin_args(config))
         except Exception as err:  # nipype raises RuntimeError naming the crashed nodes
             failures[unit.name] = _crash_reason(crashes, start) or str(err).splitlines()[0]
             continue
@@ -220,5 +221,8 @@ def run_participant_level(config: RunConfig, inputs: Sequence[SubjectInputs]) ->
     return failures
 
 
-def _mem(config: RunConfig) -> dict[str, float]:
-    return {"memory_gb": float(config.mem_gb)} if config.mem_gb else {}
+def _plugin_args(config: RunConfig) -> dict[str, float]:
+    args: dict[str, float] = {"n_procs": config.nprocs}
+    if config.mem_gb:
+        args["memory_gb"] = float(config.mem_gb)
+    return args
