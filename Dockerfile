@@ -1,0 +1,75 @@
+# ievnet-bids: inner-ear total fluid space segmentation (IE-Vnet) as a BIDS-App.
+#
+#   docker build -t ievnet .                                            # CPU torch (default)
+#   docker build -t ievnet:cuda \
+#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .   # CUDA torch
+#   docker run --rm -u "$(id -u):$(id -g)" -v /data/bids:/bids:ro -v /data/out:/out \
+#       ievnet /bids /out participant
+#
+# The build stage installs everything into /opt/venv with docker/install.sh (the same script
+# tests/test_container.py runs in a fresh virtual environment); the runtime stage copies only
+# that environment: no compiler, no pip cache, no source tree.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# --------------------------------------------------------------------------- build stage
+FROM ${PYTHON_IMAGE} AS build
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+
+WORKDIR /src
+COPY pyproject.toml requirements.lock README.md LICENSE ./
+COPY data/templates/ data/templates/
+COPY ievnet_bids/ ievnet_bids/
+COPY docker/install.sh docker/install.sh
+
+RUN PYTHON=/opt/venv/bin/python TORCH_VERSION="${TORCH_VERSION}" \
+    TORCH_INDEX_URL="${TORCH_INDEX_URL}" sh docker/install.sh /src
+
+# --------------------------------------------------------------------------- runtime stage
+FROM ${PYTHON_IMAGE}
+
+LABEL org.opencontainers.image.title="ievnet-bids" \
+      org.opencontainers.image.description="Inner-ear total fluid space (TFS) segmentation of heavily T2-weighted MRI with IE-Vnet, as a BIDS-App" \
+      org.opencontainers.image.source="https://github.com/ievnet/ievnet-bids" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# A non-root user; any other uid (docker run -u, Singularity/Apptainer) works as well: every
+# path the app writes to by default is under /tmp or the world-writable home.
+RUN useradd --create-home --uid 1000 --user-group --shell /usr/sbin/nologin ievnet \
+ && chmod 1777 /home/ievnet
+
+COPY --from=build /opt/venv /opt/venv
+
+# Threads: one per process unless asked; ievnet-bids sets torch's and ITK's thread counts
+# from --omp-nthreads. Caches: /tmp, writable under Singularity/Apptainer whatever HOME is.
+# NIPYPE_NO_ET: no version check over the network.
+ENV PATH=/opt/venv/bin:${PATH} \
+    HOME=/home/ievnet \
+    OMP_NUM_THREADS=1 \
+    MKL_NUM_THREADS=1 \
+    OPENBLAS_NUM_THREADS=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MPLBACKEND=Agg \
+    IEVNET_CACHE_DIR=/tmp/ievnet-cache \
+    MPLCONFIGDIR=/tmp/ievnet-mplconfig \
+    XDG_CACHE_HOME=/tmp/ievnet-xdg-cache \
+    NIPYPE_NO_ET=1
+
+USER 1000:1000
+WORKDIR /tmp
+
+# Smoke test of the runtime stage (shared libraries present), leaving nothing behind in /tmp.
+RUN python -c "import ants, bids, nipype, torch; import ievnet_bids.workflows.participant" \
+ && ievnet-bids --version \
+ && rm -rf /tmp/* "${HOME:?}/.nipype" "${HOME:?}/.cache"
+
+ENTRYPOINT ["ievnet-bids"]
