@@ -24,6 +24,7 @@ demo: install
 	$(PY) -m ievnet_bids.demo --out $(DEMO_OUT) $(if $(wildcard $(SHARED_SAMPLES)),--real-dir $(SHARED_SAMPLES))
 
 test: install
+	bash scripts/ensure_chromium.sh
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadgroup
 

@@ -1,5 +1,10 @@
 """Compose one slab's BIDS-Derivatives (masks, probsegs, dseg, volumes table) and QC flags.
 
+The QC checks live in :mod:`ievnet_bids.reports.qc`; the volumes table carries the flags that
+the native-grid mask alone decides (volume, components, refinement move, slab edge). The
+report node adds the ROI-grid checks (canal loops, boundary probability) in
+``..._desc-tfs_qc.json``.
+
 Everything is written to a staging folder first; :func:`ievnet_bids.bids.derivatives.publish`
 then moves the whole set into the output dataset, so a failed subject leaves nothing behind.
 """
@@ -14,33 +19,16 @@ import nibabel as nib
 import numpy as np
 
 from ievnet_bids.bids import derivatives as D
+from ievnet_bids.reports.qc import (  # noqa: F401  (re-exported: the QC lives in reports.qc)
+    EXPECTED_VOLUME_MM3,
+    MAX_REFINEMENT_MOVE_MM,
+    component_volumes,
+    qc_checks,
+    qc_flags,
+)
 
 SIDES = ("left", "right")
 DSEG_VALUE = {"left": 1, "right": 2}
-EXPECTED_VOLUME_MM3 = (100.0, 450.0)
-MAX_REFINEMENT_MOVE_MM = 12.0
-
-
-def qc_flags(
-    volume_mm3: float,
-    n_components: int,
-    moved_mm: float,
-    touches_edge: bool,
-) -> list[str]:
-    """Automatic QC flags of one ear (empty = nothing to report)."""
-    flags = []
-    lo, hi = EXPECTED_VOLUME_MM3
-    if volume_mm3 == 0:
-        flags.append("empty_mask")
-    elif not lo <= volume_mm3 <= hi:
-        flags.append("volume_out_of_range")
-    if n_components > 1:
-        flags.append("multiple_components")
-    if moved_mm > MAX_REFINEMENT_MOVE_MM:
-        flags.append("large_refinement_move")
-    if touches_edge:
-        flags.append("roi_touches_slab_edge")
-    return flags
 
 
 def _native_image(data: np.ndarray, like: nib.spatialimages.SpatialImage, dtype) -> nib.Nifti1Image:
@@ -114,6 +102,12 @@ def stage_slab_outputs(
         )
         n_comp = int(cc3d.connected_components(mask, connectivity=26).max()) if mask.any() else 0
         volume = float(mask.sum() * voxel_mm3)
+        flags = qc_checks(
+            volume_mm3=volume,
+            component_volumes_mm3=component_volumes(mask, voxel_mm3),
+            moved_mm=float(ear["moved_mm"]),
+            touches_edge=bool(ear["touches_edge"]),
+        )
         rows.append(
             {
                 "side": side,
@@ -124,10 +118,7 @@ def stage_slab_outputs(
                 "centre_z_mm": round(float(ear["centre_mm"][2]), 3),
                 "localizer": localizer,
                 "refinement_moved_mm": round(float(ear["moved_mm"]), 3),
-                "qc_flags": ",".join(
-                    qc_flags(volume, n_comp, float(ear["moved_mm"]), bool(ear["touches_edge"]))
-                )
-                or "n/a",
+                "qc_flags": ",".join(f.name for f in flags) or "n/a",
                 "model": model_name,
                 "model_sha256": model_sha256[:12],
             }

@@ -46,10 +46,10 @@ DSEG_LABELS: tuple[tuple[int, str, str], ...] = (
 )
 BIDSIGNORE = (
     "*.html",
-    "logs/",
-    "figures/",
-    "sub-*/log/",
-    "sub-*/figures/",
+    "logs",
+    "figures",
+    "sub-*/log",
+    "sub-*/figures",
     "*_volumes.tsv",
     "*_qc.json",
     "group_*.tsv",

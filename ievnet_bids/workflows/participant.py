@@ -6,6 +6,11 @@
                          → extract_right ─┴→ segment (both ears, one batch)
                                              → map_back_left ─┐
                                              → map_back_right ┴→ ds_slab (stage + publish)
+                                                                  → report → ds_report
+
+``report`` computes the QC record and the figures of the slab (cached); ``ds_report``
+publishes them (``..._desc-tfs_qc.json``, ``sub-XX/figures/*.png``). After each
+participant/session ``sub-XX.html`` is (re)assembled, for failed units too (errors section).
 
 Each participant/session runs as its own graph (MultiProc over ``--nprocs``), so a crash
 fails that unit alone; crash files are written as text to ``sub-XX/log/``. Node results are
@@ -28,6 +33,7 @@ from ievnet_bids.bids.query import SubjectInputs
 from ievnet_bids.config import RunConfig
 from ievnet_bids.interfaces.derivatives import SlabDerivativesSink
 from ievnet_bids.interfaces.ears import ExtractEar, LocalizeEars, MapBackEar, SegmentEars
+from ievnet_bids.interfaces.reports import PublishReportlets, ReportSlab
 
 LOG = logging.getLogger("ievnet_bids")
 SIDES = ("left", "right")
@@ -54,7 +60,7 @@ def init_slab_wf(
 
     >>> wf = init_slab_wf(output_dir=Path("/tmp/out"), model=Path("m.safetensors"))
     >>> sorted(wf.list_node_names())[:3]
-    ['ds_slab', 'extract_left', 'extract_right']
+    ['ds_report', 'ds_slab', 'extract_left']
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["slab", "head"]), name="inputnode")
@@ -77,6 +83,8 @@ def init_slab_wf(
     )
     merge_rois = pe.Node(niu.Merge(2), name="merge_rois", run_without_submitting=True)
     ds_slab = pe.Node(SlabDerivativesSink(output_dir=str(output_dir)), name="ds_slab", mem_gb=1.0)
+    report = pe.Node(ReportSlab(output_dir=str(output_dir)), name="report", mem_gb=1.5)
+    ds_report = pe.Node(PublishReportlets(), name="ds_report", run_without_submitting=True)
     wf.connect([
         (inputnode, localize, [("slab", "slab"), ("head", "head")]),
         (inputnode, segment, [("slab", "slab")]),
@@ -86,6 +94,12 @@ def init_slab_wf(
         (localize, ds_slab, [("centres", "centres")]),
         (segment, ds_slab, [("record", "segment_record")]),
         (ds_slab, outputnode, [("out_files", "out_files"), ("volumes", "volumes")]),
+        (inputnode, report, [("slab", "slab"), ("head", "head")]),
+        (localize, report, [("centres", "centres")]),
+        (segment, report, [("record", "segment_record"), ("probs", "roi_probs"),
+                           ("masks", "roi_masks")]),
+        (ds_slab, report, [("volumes", "volumes")]),
+        (report, ds_report, [("staged", "staged")]),
     ])  # fmt: skip
     for i, side in enumerate(SIDES, start=1):
         extract = pe.Node(ExtractEar(side=side), name=f"extract_{side}", mem_gb=1.0)
@@ -98,6 +112,8 @@ def init_slab_wf(
             (inputnode, map_back, [("slab", "slab")]),
             (segment, map_back, [("probs", "probs"), ("masks", "masks")]),
             (map_back, ds_slab, [("prob", f"{side}_prob"), ("mask", f"{side}_mask")]),
+            (extract, report, [("touches_edge", f"{side}_touches_edge")]),
+            (map_back, report, [("mask", f"{side}_mask")]),
         ])  # fmt: skip
     return wf
 
@@ -181,24 +197,30 @@ def run_participant_level(config: RunConfig, inputs: Sequence[SubjectInputs]) ->
     model = config.model_path()
     failures: dict[str, str] = {}
     for unit in inputs:
+        start = time.time()
         if failures and config.stop_on_first_crash:
             failures[unit.name] = "not run (--stop-on-first-crash)"
+            _report_unit(config, unit, start, failures.get(unit.name))
             continue
         if not unit.slabs:
             acq = "/".join(config.acq_values)
             failures[unit.name] = f"no inner-ear slab (T2w with acq-{acq}) in {config.bids_dir}"
+            _report_unit(config, unit, start, failures.get(unit.name))
             continue
         if not Path(model).is_file():
             failures[unit.name] = f"model file not found: {model}"
+            _report_unit(config, unit, start, failures.get(unit.name))
             continue
         landmarks = None
         if table is not None:
             landmarks = landmarks_for(table, unit.subject, unit.session)
             if set(landmarks) != set(SIDES):
                 failures[unit.name] = f"no left and right ear centres in {config.landmarks_file}"
+                _report_unit(config, unit, start, failures.get(unit.name))
                 continue
         wf = init_participant_wf(unit=unit, config=config, landmarks=landmarks)
         wf.base_dir = str(config.work_dir)
+        _cap_memory(wf, config.mem_gb)
         crashes = crash_dir(config, unit)
         crashes.mkdir(parents=True, exist_ok=True)
         wf.config["execution"] = {
@@ -214,11 +236,37 @@ def run_participant_level(config: RunConfig, inputs: Sequence[SubjectInputs]) ->
             wf.run(plugin="MultiProc", plugin_args=_plugin_args(config))
         except Exception as err:  # nipype raises RuntimeError naming the crashed nodes
             failures[unit.name] = _crash_reason(crashes, start) or str(err).splitlines()[0]
+            _report_unit(config, unit, start, failures[unit.name])
             continue
         LOG.info("%s: done in %.1f s", unit.name, time.time() - start)
         if not any(crashes.iterdir()):
             crashes.rmdir()
+        _report_unit(config, unit, start, None)
     return failures
+
+
+def _report_unit(config: RunConfig, unit: SubjectInputs, start: float, reason: str | None) -> None:
+    """Record the unit's status and (re)write ``sub-XX.html``; never fails the run."""
+    from ievnet_bids.reports.participant import write_subject_report, write_unit_status
+
+    try:
+        write_unit_status(
+            config.output_dir,
+            unit_name=unit.name,
+            subject=unit.subject,
+            session=unit.session,
+            slabs=unit.slabs,
+            head=unit.head,
+            status="ok" if reason is None else "failed",
+            reason=reason or "",
+            started=start,
+            seconds=time.time() - start,
+            run_id=config.run_id,
+        )
+        path = write_subject_report(config.output_dir, unit.subject)
+        LOG.info("%s: report %s", unit.name, path)
+    except Exception:  # a report problem must not fail the segmentation
+        LOG.warning("%s: could not write the report", unit.name, exc_info=True)
 
 
 def _plugin_args(config: RunConfig) -> dict[str, float]:
@@ -226,3 +274,13 @@ def _plugin_args(config: RunConfig) -> dict[str, float]:
     if config.mem_gb:
         args["memory_gb"] = float(config.mem_gb)
     return args
+
+
+def _cap_memory(wf: pe.Workflow, mem_gb: float | None) -> None:
+    """Lower per-node memory estimates to ``--mem-gb`` so nipype never refuses to schedule."""
+    if not mem_gb:
+        return
+    for node in wf._get_all_nodes():
+        if node.mem_gb > mem_gb:
+            LOG.debug("%s: memory estimate capped to --mem-gb %.1f", node, mem_gb)
+            node._mem_gb = float(mem_gb)
