@@ -20,7 +20,7 @@ if [[ ! -f $OUT/masks/holdout-$(printf %04d $((COUNT - 1)))_desc-right.nii.gz &&
 fi
 model_args=()
 [[ -n $MODEL ]] && model_args=(--model "$MODEL")
-"$BIN/ievnet-segment" "$OUT"/images/*.nii.gz -o "$OUT/pred" "${model_args[@]}" --save-prob
+"$BIN/ievnet-segment" "$OUT"/images/*.nii.gz -o "$OUT/pred" "${model_args[@]}"
 "$BIN/ievnet-eval" --pred "$OUT/pred" --ref "$OUT/masks" --pred-suffix _mask \
   --out "$OUT/holdout_metrics.tsv"
 "$BIN/python" scripts/holdout_structures.py "$OUT" > "$OUT/holdout_structures.txt"
