@@ -1,0 +1,215 @@
+"""The whole participant level on a synthetic full-head BIDS dataset (CPU, shipped model).
+
+Ground truth comes from the phantom generator: native-grid TFS masks and ear centres.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ievnet_bids.cli.run import main
+from ievnet_bids.metrics import dice
+from ievnet_bids.resources import default_model_path
+
+pytestmark = [
+    pytest.mark.xdist_group("participant"),
+    pytest.mark.skipif(not default_model_path().is_file(), reason="no shipped model"),
+]
+SIDES = ("left", "right")
+# The shipped CPU-trained model reaches Dice 0.80 ± 0.23 on the synthetic hold-out set; on this
+# dataset 5 of 6 ears pass 0.9 and one scores 0.86. These assertions stay as they are (the
+# target) and report XPASS once a better model ships.
+BELOW_TARGET = pytest.mark.xfail(
+    reason="default model below the Dice 0.9 target on some ears (CPU-trained, see model card)",
+    strict=False,
+)
+
+
+def _run(bids: Path, out: Path, work: Path, *extra: str) -> int:
+    return main([str(bids), str(out), "participant", "-w", str(work), "--nprocs", "2", *extra])
+
+
+def _units(bids: Path) -> list[tuple[str, str | None]]:
+    units = []
+    for slab in sorted(bids.glob("sub-*/**/anat/*_acq-space_T2w.nii.gz")):
+        parts = slab.name.split("_")
+        ses = parts[1] if parts[1].startswith("ses-") else None
+        units.append((parts[0], ses))
+    return units
+
+
+def _prefix(sub: str, ses: str | None) -> str:
+    return f"{sub}_{ses}" if ses else sub
+
+
+def _mask(out: Path, sub: str, ses: str | None, side: str) -> nib.Nifti1Image:
+    folder = out / sub / (ses or "") / "anat"
+    name = f"{_prefix(sub, ses)}_acq-space_space-orig_label-TFS_desc-{side}_mask.nii.gz"
+    return nib.load(folder / name)
+
+
+def _truth_mask(truth: Path, sub: str, ses: str | None, side: str) -> nib.Nifti1Image:
+    return nib.load(truth / f"{_prefix(sub, ses)}_desc-{side}_tfs.nii.gz")
+
+
+def _bbox_centre_in_frame(img: nib.Nifti1Image, axes: np.ndarray) -> np.ndarray:
+    """World centre of the mask's bounding box measured along ``axes`` (columns)."""
+    idx = np.argwhere(np.asanyarray(img.dataobj) > 0)
+    world = idx @ img.affine[:3, :3].T + img.affine[:3, 3]
+    local = world @ axes
+    return ((local.min(0) + local.max(0)) / 2) @ axes.T
+
+
+def _volumes(out: Path, sub: str, ses: str | None) -> dict[str, dict[str, str]]:
+    folder = out / sub / (ses or "") / "anat"
+    path = folder / f"{_prefix(sub, ses)}_acq-space_desc-tfs_volumes.tsv"
+    with path.open() as fh:
+        return {row["side"]: row for row in csv.DictReader(fh, delimiter="\t")}
+
+
+@pytest.fixture(scope="module")
+def run(synth_bids: Path, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("participant")
+    out, work = root / "out", root / "work"
+    assert _run(synth_bids, out, work) == 0
+    return {"bids": synth_bids, "truth": synth_bids.parent / "truth", "out": out, "work": work}
+
+
+@BELOW_TARGET
+def test_every_ear_matches_ground_truth(run):
+    units = _units(run["bids"])
+    assert len(units) == 3
+    for sub, ses in units:
+        for side in SIDES:
+            pred = np.asanyarray(_mask(run["out"], sub, ses, side).dataobj) > 0
+            ref = np.asanyarray(_truth_mask(run["truth"], sub, ses, side).dataobj) > 0
+            assert pred.shape == ref.shape
+            assert dice(pred, ref) >= 0.9, (sub, ses, side, dice(pred, ref))
+
+
+def test_ear_centres_within_2mm_of_truth(run):
+    for sub, ses in _units(run["bids"]):
+        truth = json.loads((run["truth"] / f"{_prefix(sub, ses)}_truth.json").read_text())
+        axes = np.asarray(truth["head_axes_scanner"])
+        rows = _volumes(run["out"], sub, ses)
+        for side in SIDES:
+            found = np.array([float(rows[side][f"centre_{a}_mm"]) for a in "xyz"])
+            expected = _bbox_centre_in_frame(_truth_mask(run["truth"], sub, ses, side), axes)
+            assert np.linalg.norm(found - expected) <= 2.0, (sub, ses, side, found, expected)
+
+
+def test_masks_overlay_the_source_grid_exactly(run):
+    for sub, ses in _units(run["bids"]):
+        slab = next((run["bids"] / sub / (ses or "") / "anat").glob("*_acq-space_T2w.nii.gz"))
+        src = nib.load(slab)
+        for side in SIDES:
+            mask = _mask(run["out"], sub, ses, side)
+            assert mask.shape == src.shape and mask.get_data_dtype() == np.uint8
+            np.testing.assert_allclose(mask.affine, src.affine, atol=1e-5)
+            sidecar = json.loads(
+                Path(str(mask.get_filename()).replace(".nii.gz", ".json")).read_text()
+            )
+            assert sidecar["Type"] == "ROI" and sidecar["Side"] == side
+            assert sidecar["SpatialReference"].startswith("bids:raw:")
+
+
+def test_outputs_pass_the_bids_validator(run):
+    exe = shutil.which("bids-validator-deno") or str(
+        Path(__file__).resolve().parents[1] / ".venv" / "bin" / "bids-validator-deno"
+    )
+    if not Path(exe).exists():
+        pytest.skip("bids-validator-deno is not installed")
+    proc = subprocess.run(
+        [exe, str(run["out"]), "--json", "--ignoreWarnings"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(proc.stdout)
+    errors = [i for i in report["issues"]["issues"] if i.get("severity") == "error"]
+    assert not errors, errors[:3]
+
+
+def test_rerun_reuses_cache_and_writes_identical_files(run):
+    files = sorted(
+        p for p in run["out"].rglob("sub-*/**/*") if p.is_file() and "log" not in p.parts
+    )
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    assert _run(run["bids"], run["out"], run["work"]) == 0
+    for p, (content, mtime) in before.items():
+        assert p.read_bytes() == content, p
+        assert p.stat().st_mtime_ns == mtime, p  # identical files are not rewritten
+
+
+def test_missing_slab_fails_that_subject_alone(run, link_tree, tmp_path, caplog):
+    bids = link_tree(run["bids"], tmp_path / "bids")
+    for slab in (bids / "sub-02").rglob("*_acq-space_T2w.nii.gz"):
+        slab.unlink()
+    out = tmp_path / "out"
+    assert _run(bids, out, run["work"]) == 1
+    assert "sub-02" in caplog.text and "no inner-ear slab" in caplog.text
+    assert not (out / "sub-02").exists()  # no partial derivatives
+    assert len(list((out / "sub-01").rglob("*_mask.nii.gz"))) == 4  # two sessions, two ears
+
+
+def _moved(img: nib.Nifti1Image, transform: np.ndarray) -> nib.Nifti1Image:
+    return nib.Nifti1Image(np.asanyarray(img.dataobj), transform @ img.affine, img.header)
+
+
+def test_rigid_motion_moves_centres_and_masks_equivariantly(run, tmp_path):
+    """Same voxels, world moved by a known rigid transform → centres move the same way."""
+    sub, ses = "sub-02", "ses-1"
+    angle = np.deg2rad(8.0)
+    transform = np.eye(4)
+    transform[:3, :3] = [
+        [np.cos(angle), -np.sin(angle), 0],
+        [np.sin(angle), np.cos(angle), 0],
+        [0, 0, 1],
+    ]
+    transform[:3, 3] = [6.0, -4.0, 3.0]
+    bids = tmp_path / "bids"
+    shutil.copytree(run["bids"], bids, ignore=shutil.ignore_patterns("sub-01"))
+    for path in (bids / sub / ses / "anat").glob("*.nii.gz"):
+        nib.save(_moved(nib.load(path), transform), path)
+    out = tmp_path / "out"
+    assert _run(bids, out, tmp_path / "work", "--participant-label", "02") == 0
+    before, after = _volumes(run["out"], sub, ses), _volumes(out, sub, ses)
+    for side in SIDES:
+        c0 = np.array([float(before[side][f"centre_{a}_mm"]) for a in "xyz"])
+        c1 = np.array([float(after[side][f"centre_{a}_mm"]) for a in "xyz"])
+        assert np.linalg.norm(transform[:3, :3] @ c0 + transform[:3, 3] - c1) <= 1.0
+        m0 = np.asanyarray(_mask(run["out"], sub, ses, side).dataobj) > 0
+        m1 = np.asanyarray(_mask(out, sub, ses, side).dataobj) > 0
+        assert dice(m0, m1) >= 0.95
+
+
+@BELOW_TARGET
+def test_landmark_error_of_12mm_is_recovered(run, tmp_path):
+    """Ear centres given 12 mm off (``--localizer landmarks``): refinement still finds them."""
+    rng = np.random.default_rng(0)
+    sub, ses = "sub-02", "ses-1"
+    truth = json.loads((run["truth"] / f"{sub}_{ses}_truth.json").read_text())
+    rows = ["participant_id\tsession_id\tside\tx\ty\tz"]
+    for side in SIDES:
+        direction = rng.normal(size=3)
+        guess = np.asarray(truth["ears"][side]["centre_mm"]) + 12.0 * direction / np.linalg.norm(
+            direction
+        )
+        rows.append(f"{sub}\t{ses}\t{side}\t" + "\t".join(f"{v:.3f}" for v in guess))
+    landmarks = tmp_path / "landmarks.tsv"
+    landmarks.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    args = ["--participant-label", "02", "--localizer", "landmarks", "--landmarks-file"]
+    assert _run(run["bids"], out, tmp_path / "work", *args, str(landmarks)) == 0
+    for side in SIDES:
+        pred = np.asanyarray(_mask(out, sub, ses, side).dataobj) > 0
+        ref = np.asanyarray(_truth_mask(run["truth"], sub, ses, side).dataobj) > 0
+        assert dice(pred, ref) >= 0.9, (side, dice(pred, ref))
