@@ -3,8 +3,9 @@
 1. builds a synthetic BIDS dataset of full-head phantoms (3 subjects, one with two sessions,
    random head poses; ground truth kept outside the BIDS tree),
 2. runs ``ievnet-bids <bids> <out> participant`` on it,
-3. compares the masks with the phantom ground truth (Dice per ear),
-4. draws a phantom preview (beside the real sample crops when ``--real-dir`` holds them).
+3. runs the group level (``group_tfs.tsv`` / ``group_tfs.html``),
+4. compares the masks with the phantom ground truth (Dice per ear),
+5. draws a phantom preview (beside the real sample crops when ``--real-dir`` holds them).
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
          "--nprocs", str(args.nprocs), "--omp-nthreads", str(args.nprocs)]
     )  # fmt: skip
     print(f"ievnet-bids demo: participant level exited with {code}; outputs in {derivatives}")
+    group_code = ievnet_bids_main([str(bids), str(derivatives), "group"])
+    group_page = derivatives / "group_tfs.html"
+    if group_code == 0 and group_page.exists():
+        print(f"ievnet-bids demo: group report: {group_page}")
+    else:
+        print(f"ievnet-bids demo: group level exited with {group_code}")
+    code = code or group_code
     if (derivatives / "dataset_description.json").exists():
         print("Dice against the phantom ground truth:")
         print("\n".join(_dice_table(derivatives, truth)))

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Submit ievnet-bids to SLURM: index the dataset once, one array task per participant, then
-# the group level when every task has succeeded (see docs/hpc.md).
+# the group level when every task has succeeded (see the SLURM section of README.md).
 #
 #   scripts/slurm_submit.sh BIDS_DIR OUTPUT_DIR
 #

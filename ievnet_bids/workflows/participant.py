@@ -270,7 +270,8 @@ def _report_unit(config: RunConfig, unit: SubjectInputs, start: float, reason: s
 
 
 def _plugin_args(config: RunConfig) -> dict[str, float]:
-    args: dict[str, float] = {"n_procs": config.nprocs}
+    # forkserver: forking a process whose torch/OpenMP threads already ran can deadlock
+    args: dict[str, float | str] = {"n_procs": config.nprocs, "mp_context": "forkserver"}
     if config.mem_gb:
         args["memory_gb"] = float(config.mem_gb)
     return args
