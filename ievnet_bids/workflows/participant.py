@@ -269,7 +269,7 @@ def _report_unit(config: RunConfig, unit: SubjectInputs, start: float, reason: s
         LOG.warning("%s: could not write the report", unit.name, exc_info=True)
 
 
-def _plugin_args(config: RunConfig) -> dict[str, float]:
+def _plugin_args(config: RunConfig) -> dict[str, float | str]:
     # forkserver: forking a process whose torch/OpenMP threads already ran can deadlock
     args: dict[str, float | str] = {"n_procs": config.nprocs, "mp_context": "forkserver"}
     if config.mem_gb:
