@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from ievnet_bids.bids import derivatives as D
+from ievnet_bids.geometry.extract import image_like
 from ievnet_bids.reports.qc import (  # noqa: F401  (re-exported: the QC lives in reports.qc)
     EXPECTED_VOLUME_MM3,
     MAX_REFINEMENT_MOVE_MM,
@@ -29,17 +30,6 @@ from ievnet_bids.reports.qc import (  # noqa: F401  (re-exported: the QC lives i
 
 SIDES = ("left", "right")
 DSEG_VALUE = {"left": 1, "right": 2}
-
-
-def _native_image(data: np.ndarray, like: nib.spatialimages.SpatialImage, dtype) -> nib.Nifti1Image:
-    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), like.affine)
-    hdr = like.header if isinstance(like.header, nib.Nifti1Header) else None
-    scode = int(hdr["sform_code"]) if hdr is not None else 1
-    qcode = int(hdr["qform_code"]) if hdr is not None else 1
-    img.set_sform(like.affine, code=scode or 1)
-    img.set_qform(like.affine, code=qcode or 1)
-    img.header.set_xyzt_units("mm", "sec")
-    return img
 
 
 def stage_slab_outputs(
@@ -92,12 +82,12 @@ def stage_slab_outputs(
         }
         stage(
             {"label": "TFS", "desc": side, "suffix": "mask", "extension": ".nii.gz"},
-            _native_image(mask, slab_img, np.uint8),
+            image_like(mask, slab_img, np.uint8),
             D.mask_sidecar(slab, **common),
         )
         stage(
             {"label": "TFS", "desc": side, "suffix": "probseg", "extension": ".nii.gz"},
-            _native_image(prob, slab_img, np.float32),
+            image_like(prob, slab_img, np.float32),
             D.segmentation_sidecar(slab, **common),
         )
         n_comp = int(cc3d.connected_components(mask, connectivity=26).max()) if mask.any() else 0
@@ -125,7 +115,7 @@ def stage_slab_outputs(
         )
     stage(
         {"suffix": "dseg", "extension": ".nii.gz"},
-        _native_image(dseg, slab_img, np.uint8),
+        image_like(dseg, slab_img, np.uint8),
         D.segmentation_sidecar(
             slab,
             side=None,

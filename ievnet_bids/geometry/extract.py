@@ -161,13 +161,13 @@ def map_back(
     return out
 
 
-def map_back_image(
-    prob: np.ndarray, grid: RoiGrid, slab_img: nib.spatialimages.SpatialImage
+def image_like(
+    data: np.ndarray, like: nib.spatialimages.SpatialImage, dtype: type = np.float32
 ) -> nib.Nifti1Image:
-    """:func:`map_back` as a NIfTI image with the slab's affine (and sform/qform codes)."""
-    affine = np.asarray(slab_img.affine, dtype=float)
-    out = nib.Nifti1Image(map_back(prob, grid, slab_img), affine)
-    hdr = getattr(slab_img, "header", None)
+    """``data`` as a NIfTI image on ``like``'s grid: same affine, sform/qform codes, mm units."""
+    affine = np.asarray(like.affine, dtype=float)
+    out = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+    hdr = getattr(like, "header", None)
     scode = qcode = 1
     if isinstance(hdr, nib.Nifti1Header):
         scode = int(hdr["sform_code"]) or 1
@@ -176,3 +176,10 @@ def map_back_image(
     out.set_qform(affine, code=qcode, update_affine=False)
     out.header.set_xyzt_units("mm", "sec")
     return out
+
+
+def map_back_image(
+    prob: np.ndarray, grid: RoiGrid, slab_img: nib.spatialimages.SpatialImage
+) -> nib.Nifti1Image:
+    """:func:`map_back` as a NIfTI image with the slab's affine (and sform/qform codes)."""
+    return image_like(map_back(prob, grid, slab_img), slab_img)
