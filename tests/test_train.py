@@ -80,9 +80,10 @@ def test_resume_continues_step_count(tmp_path, phantoms) -> None:
     assert state["step"] == 6
     with pytest.raises(ValueError, match="--resume"):
         train(_config(run, phantoms, steps=10, **kw))
-    train(_config(run, phantoms, steps=10, resume=True, **kw))
+    train(_config(run, phantoms, steps=10, resume=True, lr=1e-4, **kw))
     rows = read_log(run / "training_log.tsv")
     assert [r["step"] for r in rows] == list(range(1, 11))
+    assert {r["lr"] for r in rows[:6]} == {3e-4} and {r["lr"] for r in rows[6:]} == {1e-4}
     assert [r["step"] for r in rows if r["val_dice"] is not None] == [5, 6, 10]
     assert torch.load(run / "state.pt", weights_only=True)["step"] == 10
     _, card = load_model(run / "last.safetensors")

@@ -112,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=int, default=1000, metavar="N", help="total optimizer steps")
-    o.add_argument("--lr", type=float, default=3e-4)
+    o.add_argument(
+        "--lr",
+        type=float,
+        default=3e-4,
+        help="Adam learning rate (with --resume: replaces the saved one)",
+    )
     o.add_argument("--loss", choices=("dice", "dicebce"), default="dice")
     o.add_argument(
         "--amp", type=_tristate, default=None, metavar="{auto,on,off}",

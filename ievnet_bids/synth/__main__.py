@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_holdout(out_dir: Path, count: int) -> None:
-    """``images/``, ``masks/`` (TFS) and ``labels/`` (all labels) of the held-out phantoms.
+    """``images/``, ``masks/`` (TFS), ``labels/`` (all labels) and ``holdout.tsv`` (case, seed,
+    side, contrast) of the held-out phantoms.
 
     Seeds start at ``HOLDOUT_SEED_START`` (never used by the training tools); sides alternate
     and a third use the random contrast, as in training.
@@ -63,11 +64,18 @@ def write_holdout(out_dir: Path, count: int) -> None:
 
     for sub in ("images", "masks", "labels"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    cases = []
     for i in range(count):
         seed = HOLDOUT_SEED_START + i
         settings = phantom_settings(seed)
+        cases.append((f"holdout-{i:04d}_desc-{settings['side']}", seed, settings))
+    manifest = ["case\tseed\tside\tcontrast"] + [
+        f"{case}\t{seed}\t{s['side']}\t{s['contrast']}" for case, seed, s in cases
+    ]
+    (out_dir / "holdout.tsv").write_text("\n".join(manifest) + "\n")
+    for case, seed, settings in cases:
         ph = generate_phantom(seed, **settings)
-        name = f"holdout-{i:04d}_desc-{settings['side']}.nii.gz"
+        name = f"{case}.nii.gz"
         nib.save(nib.Nifti1Image(ph.image, ph.affine), out_dir / "images" / name)
         mask = tfs_mask(ph.labels).astype(np.uint8)
         nib.save(nib.Nifti1Image(mask, ph.affine), out_dir / "masks" / name)

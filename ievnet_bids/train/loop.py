@@ -441,10 +441,14 @@ def train(config: TrainConfig) -> Path:
                 )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the --lr given now wins over the saved one
+            group["lr"] = config.lr
         _restore_rng(state["rng"], np_rng)
         step = int(state["step"])
-        best, best_step = float(state["best_dice"]), int(state["best_step"])
-        best_raw = float(state.get("best_dice_raw", math.nan))
+        if saved.get("val_seeds") == config.val_seeds:
+            best, best_step = float(state["best_dice"]), int(state["best_step"])
+            best_raw = float(state.get("best_dice_raw", math.nan))
+        # else: another validation set: its Dice is not comparable, the best restarts
         prev_seconds = float(state["seconds"])
         rows = [r for r in read_log(run_dir / "training_log.tsv") if r["step"] <= step]
 
