@@ -1,0 +1,102 @@
+"""Wall time per stage and peak memory of the participant level on a synthetic dataset.
+
+Writes a phantom BIDS dataset (``--subjects`` subjects, full heads), runs
+``ievnet-bids BIDS OUT participant`` as a child process and samples the resident memory of
+its whole process tree (``/proc``, every 0.1 s) while it runs.  Prints the wall time, the
+peak summed RSS of the tree and of its largest process, and the time of each Nipype node
+(from the ``elapsed time`` log lines), summed over subjects and ears.
+
+    python benchmarks/bench_participant.py --subjects 2 --nprocs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+FINISHED = re.compile(r'\[Node\] Finished "([^"]+)", elapsed time ([0-9.]+)s')
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+
+
+def tree_rss_kb(root: int) -> tuple[int, int]:
+    """(summed, largest) resident memory in kB of ``root`` and all its descendants."""
+    total = largest = 0
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        rss = _rss_kb(pid)
+        total += rss
+        largest = max(largest, rss)
+        stack.extend(_children(pid))
+    return total, largest
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--subjects", type=int, default=2)
+    p.add_argument("--nprocs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--keep", type=Path, help="run in this folder and keep it")
+    args = p.parse_args()
+    from ievnet_bids.synth.head import write_bids_dataset
+
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bench_participant_"))
+    bids, out, work = root / "bids", root / "derivatives", root / "work"
+    write_bids_dataset(bids, root / "truth", n_subjects=args.subjects, seed=args.seed)
+    cmd = [
+        sys.executable, "-m", "ievnet_bids.cli.run", str(bids), str(out), "participant",
+        "-w", str(work), "--nprocs", str(args.nprocs), "--omp-nthreads", str(args.nprocs),
+    ]  # fmt: skip
+    log = root / "run.log"
+    t0 = time.perf_counter()
+    peak_total = peak_single = 0
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=os.environ.copy())
+        while proc.poll() is None:
+            total, single = tree_rss_kb(proc.pid)
+            peak_total, peak_single = max(peak_total, total), max(peak_single, single)
+            time.sleep(0.1)
+    wall = time.perf_counter() - t0
+    stages: dict[str, list[float]] = defaultdict(list)
+    for name, seconds in FINISHED.findall(log.read_text()):
+        stages[name].append(float(seconds))
+    n = args.subjects
+    print(f"participant level: {n} subject(s), --nprocs {args.nprocs}, exit {proc.returncode}")
+    print(f"wall {wall:.1f} s ({wall / args.subjects:.1f} s per subject, incl. start-up)")
+    mib = (peak_total / 1024, peak_single / 1024)
+    print(f"peak RSS: process tree {mib[0]:.0f} MiB, largest process {mib[1]:.0f} MiB")
+    print("node time (sum over subjects/ears; nodes of one subject run in parallel):")
+    for name, times in sorted(stages.items(), key=lambda kv: -sum(kv[1])):
+        each = sum(times) / len(times)
+        print(f"  {name:24s} {sum(times):7.1f} s  ({len(times)} runs, {each:.2f} s each)")
+    print(f"log: {log}")
+    return int(proc.returncode)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
