@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import cc3d
 import nibabel as nib
 import numpy as np
 
@@ -23,6 +22,7 @@ from ievnet_bids.geometry.extract import image_like
 from ievnet_bids.reports.qc import (  # noqa: F401  (re-exported: the QC lives in reports.qc)
     EXPECTED_VOLUME_MM3,
     MAX_REFINEMENT_MOVE_MM,
+    MIN_COMPONENT_MM3,
     component_volumes,
     qc_checks,
     qc_flags,
@@ -90,11 +90,14 @@ def stage_slab_outputs(
             image_like(prob, slab_img, np.float32),
             D.segmentation_sidecar(slab, **common),
         )
-        n_comp = int(cc3d.connected_components(mask, connectivity=26).max()) if mask.any() else 0
         volume = float(mask.sum() * voxel_mm3)
+        components = component_volumes(mask, voxel_mm3)
+        # the same count as the multiple_components flag: specks under 1 mm³ (partial-volume
+        # voxels of the mapping back onto a coarser grid) are not counted
+        n_comp = sum(v >= MIN_COMPONENT_MM3 for v in components)
         flags = qc_checks(
             volume_mm3=volume,
-            component_volumes_mm3=component_volumes(mask, voxel_mm3),
+            component_volumes_mm3=components,
             moved_mm=float(ear["moved_mm"]),
             touches_edge=bool(ear["touches_edge"]),
         )

@@ -1,0 +1,67 @@
+"""Per-slab derivatives (ievnet_bids.outputs): volumes table against planted masks."""
+
+from __future__ import annotations
+
+import csv
+
+import nibabel as nib
+import numpy as np
+
+from ievnet_bids.outputs import stage_slab_outputs
+
+SLAB = "sub-01/anat/sub-01_acq-space_T2w.nii.gz"
+
+
+def _ear_files(tmp_path, side: str, mask: np.ndarray, affine: np.ndarray) -> dict:
+    mask_path = tmp_path / f"{side}_mask.nii.gz"
+    prob_path = tmp_path / f"{side}_prob.nii.gz"
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), mask_path)
+    nib.save(nib.Nifti1Image(mask.astype(np.float32) * 0.9, affine), prob_path)
+    return {
+        "mask": mask_path,
+        "prob": prob_path,
+        "centre_mm": [1.0, 2.0, 3.0],
+        "moved_mm": 0.5,
+        "touches_edge": False,
+    }
+
+
+def test_volume_table_counts_components_like_the_qc_flag(tmp_path, tiny_bids):
+    bids = tiny_bids(tmp_path / "bids", [SLAB])
+    slab = bids / SLAB
+    affine = np.diag([0.5, 0.5, 0.5, 1.0])  # 0.125 mm³ voxels
+    nib.save(nib.Nifti1Image(np.zeros((40, 40, 20), np.int16), affine), slab)
+    left = np.zeros((40, 40, 20), bool)
+    left[5:15, 5:15, 5:15] = True  # 1000 voxels = 125 mm³
+    left[30, 30, 10] = True  # a 0.125 mm³ speck: not counted, not flagged
+    right = np.zeros((40, 40, 20), bool)
+    right[25:35, 5:15, 5:15] = True
+    right[5:9, 30:34, 5:9] = True  # 64 voxels = 8 mm³: a real second component
+    ears = {
+        "left": _ear_files(tmp_path, "left", left, affine),
+        "right": _ear_files(tmp_path, "right", right, affine),
+    }
+    staged, rows = stage_slab_outputs(
+        slab,
+        ears,
+        stage_dir=tmp_path / "stage",
+        output_dir=tmp_path / "out",
+        model_name="m",
+        model_sha256="0" * 64,
+        localizer="landmarks",
+    )
+    by_side = {r["side"]: r for r in rows}
+    assert by_side["left"]["volume_mm3"] == 125.125
+    assert by_side["left"]["n_components"] == 1
+    assert "multiple_components" not in by_side["left"]["qc_flags"]
+    assert by_side["right"]["volume_mm3"] == 133.0
+    assert by_side["right"]["n_components"] == 2
+    assert "multiple_components" in by_side["right"]["qc_flags"]
+    # the staged TSV holds the same rows and lands next to the masks
+    tsv = next(t for t, d in staged.items() if d.name.endswith("_desc-tfs_volumes.tsv"))
+    with tsv.open() as fh:
+        table = list(csv.DictReader(fh, delimiter="\t"))
+    assert [(r["side"], r["n_components"]) for r in table] == [("left", "1"), ("right", "2")]
+    dseg = next(t for t, d in staged.items() if d.name.endswith("_space-orig_dseg.nii.gz"))
+    values = np.asanyarray(nib.load(dseg).dataobj)
+    assert (values == 1).sum() == 1001 and (values == 2).sum() == 1064
