@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ievnet_bids.cli import segment
+from ievnet_bids.geometry.extract import extract_roi, map_back
 from ievnet_bids.model.card import ModelCard
 from ievnet_bids.model.infer import Segmenter
 from ievnet_bids.model.net import build_network
@@ -100,19 +101,21 @@ def test_off_grid_input_maps_back_to_input_grid(tmp_path, model_path) -> None:
 def test_roi_grid_geometry_helpers() -> None:
     affine = np.diag([-0.5, -0.5, 0.5, 1.0])
     affine[:3, 3] = [12.0, 8.0, -3.0]
-    roi_aff = segment.roi_affine_for(affine, (48, 40, 32), (200, 150, 100), 0.2)
+    grid = segment.input_roi_grid(affine, (48, 40, 32), (200, 150, 100), 0.2)
     centre_in = affine @ [23.5, 19.5, 15.5, 1.0]
-    centre_roi = roi_aff @ [99.5, 74.5, 49.5, 1.0]
+    centre_roi = grid.affine @ [99.5, 74.5, 49.5, 1.0]
     np.testing.assert_allclose(centre_roi, centre_in)
-    assert segment.on_roi_grid((200, 150, 100), roi_aff, (200, 150, 100), 0.2)
+    np.testing.assert_allclose(grid.affine[:3, :3], np.eye(3) * 0.2)
+    assert segment.on_roi_grid((200, 150, 100), grid.affine, (200, 150, 100), 0.2)
     assert not segment.on_roi_grid((200, 150, 100), affine, (200, 150, 100), 0.2)
     # an LPS image on an ROI-sized grid resamples to its exact mirror, and back
     data = np.random.default_rng(2).random((20, 15, 10)).astype(np.float32)
     lps = np.diag([-0.2, -0.2, 0.2, 1.0])
-    ras = segment.roi_affine_for(lps, data.shape, data.shape, 0.2)
-    there = segment.resample(data, lps, ras, data.shape, order=3, cval=0.0)
+    image = nib.Nifti1Image(data, lps)
+    ras = segment.input_roi_grid(lps, data.shape, data.shape, 0.2)
+    there = extract_roi(image, ras, order=3)
     np.testing.assert_allclose(there, data[::-1, ::-1], atol=1e-6)
-    back = segment.resample(there, ras, lps, data.shape, order=1, cval=0.0)
+    back = map_back(there, ras, image)
     np.testing.assert_allclose(back, data, atol=1e-6)
 
 

@@ -21,14 +21,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+
+from ievnet_bids.geometry.extract import extract_roi, map_back, roi_grid_for
+from ievnet_bids.geometry.roi import RoiGrid
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
 EXIT_NO_MODEL = 66
 PROG = "ievnet-segment"
-_SLAB_VOXELS = 1 << 22  # voxels evaluated per map_coordinates call (bounds memory)
-_EDGE_TOL = 1e-4  # voxels
 
 
 class InputError(Exception):
@@ -45,92 +47,13 @@ def on_roi_grid(
     return bool(np.allclose(np.asarray(affine)[:3, :3], np.eye(3) * spacing, atol=1e-4))
 
 
-def roi_affine_for(
+def input_roi_grid(
     affine: np.ndarray, shape: Sequence[int], roi_shape: Sequence[int], spacing: float
-) -> np.ndarray:
-    """Affine of an RAS-aligned ROI grid whose centre is the centre of the input grid."""
+) -> RoiGrid:
+    """RAS-aligned ROI grid centred on the centre of the input grid."""
     centre_vox = np.append((np.asarray(shape, dtype=float) - 1) / 2.0, 1.0)
     centre_world = (np.asarray(affine, dtype=float) @ centre_vox)[:3]
-    out = np.diag([spacing, spacing, spacing, 1.0])
-    out[:3, 3] = centre_world - spacing * (np.asarray(roi_shape, dtype=float) - 1) / 2.0
-    return out
-
-
-def resample(
-    data: np.ndarray,
-    src_affine: np.ndarray,
-    dst_affine: np.ndarray,
-    dst_shape: Sequence[int],
-    *,
-    order: int,
-    cval: float,
-) -> np.ndarray:
-    """Values of ``data`` (on ``src_affine``) at the voxel centres of the ``dst`` grid.
-
-    ``scipy.ndimage.map_coordinates`` (spline ``order``, ``cval`` outside the source).  Only
-    the part of the destination that the source covers is evaluated, in slabs; the source
-    is first cropped to the footprint of the destination (plus a margin for the spline).
-    """
-    from scipy import ndimage
-
-    dst_shape = tuple(int(s) for s in dst_shape)
-    out = np.full(dst_shape, cval, dtype=np.float32)
-    m = np.linalg.inv(np.asarray(src_affine, dtype=float)) @ np.asarray(dst_affine, dtype=float)
-    src_shape = np.asarray(data.shape)
-
-    # source crop: footprint of the destination grid in source voxels, plus a margin
-    corners = _corners(dst_shape)
-    src_pts = corners @ m[:3, :3].T + m[:3, 3]
-    margin = 8 if order > 1 else 2
-    lo = np.clip(np.floor(src_pts.min(0)).astype(int) - margin, 0, src_shape)
-    hi = np.clip(np.ceil(src_pts.max(0)).astype(int) + margin + 1, 0, src_shape)
-    if np.any(hi <= lo):
-        return out
-    src = np.ascontiguousarray(
-        data[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))], dtype=np.float64
-    )
-    if order > 1:
-        src = ndimage.spline_filter(src, order=order, output=np.float64, mode="constant")
-    m_crop = m.copy()
-    m_crop[:3, 3] -= lo
-
-    # destination part covered by the source (with half a voxel of slack)
-    inv = np.linalg.inv(m)
-    src_box = _corners(tuple(int(s) for s in src_shape), pad=0.5)
-    dst_pts = src_box @ inv[:3, :3].T + inv[:3, 3]
-    dlo = np.clip(np.floor(dst_pts.min(0)).astype(int) - 1, 0, dst_shape)
-    dhi = np.clip(np.ceil(dst_pts.max(0)).astype(int) + 2, 0, dst_shape)
-    if np.any(dhi <= dlo):
-        return out
-    ny, nz = int(dhi[1] - dlo[1]), int(dhi[2] - dlo[2])
-    step = max(1, _SLAB_VOXELS // max(1, ny * nz))
-    jj, kk = np.meshgrid(np.arange(dlo[1], dhi[1]), np.arange(dlo[2], dhi[2]), indexing="ij")
-    for i0 in range(int(dlo[0]), int(dhi[0]), step):
-        i1 = min(int(dhi[0]), i0 + step)
-        ii = np.arange(i0, i1, dtype=float)[:, None, None]
-        vox = (ii, jj[None].astype(float), kk[None].astype(float))
-        coords = np.stack(
-            [
-                m_crop[r, 0] * vox[0] + m_crop[r, 1] * vox[1] + m_crop[r, 2] * vox[2] + m_crop[r, 3]
-                for r in range(3)
-            ]
-        )
-        for r in range(3):  # round-off must not push a voxel on the source edge outside it
-            c = coords[r]
-            c[(c < 0) & (c > -_EDGE_TOL)] = 0.0
-            top = src.shape[r] - 1
-            c[(c > top) & (c < top + _EDGE_TOL)] = top
-        out[i0:i1, dlo[1] : dhi[1], dlo[2] : dhi[2]] = ndimage.map_coordinates(
-            src, coords, order=order, mode="constant", cval=cval, prefilter=False
-        )
-    return out
-
-
-def _corners(shape: Sequence[int], pad: float = 0.0) -> np.ndarray:
-    ranges = [(-pad, s - 1 + pad) for s in shape]
-    return np.array(
-        [[a, b, c] for a in ranges[0] for b in ranges[1] for c in ranges[2]], dtype=float
-    )
+    return roi_grid_for(centre_world, None, shape=tuple(roi_shape), spacing_mm=spacing)
 
 
 # --------------------------------------------------------------------------- I/O
@@ -205,10 +128,10 @@ def segment_volume(data: np.ndarray, affine: np.ndarray, segmenter: Any) -> np.n
     spacing = float(card.roi_spacing_mm)
     if on_roi_grid(data.shape, affine, card.roi_shape, spacing):
         return segmenter.predict_proba(data)
-    roi_aff = roi_affine_for(affine, data.shape, card.roi_shape, spacing)
-    roi = resample(data, affine, roi_aff, card.roi_shape, order=3, cval=float(data.min()))
-    prob_roi = segmenter.predict_proba(roi)
-    prob = resample(prob_roi, roi_aff, affine, data.shape, order=1, cval=0.0)
+    grid = input_roi_grid(affine, data.shape, card.roi_shape, spacing)
+    image = nib.Nifti1Image(data, affine)
+    roi = extract_roi(image, grid, order=3, fill=float(data.min()))
+    prob = map_back(segmenter.predict_proba(roi), grid, image)
     return np.clip(prob, 0.0, 1.0, out=prob)
 
 

@@ -128,9 +128,9 @@ def outside_fraction(grid: RoiGrid, slab_img: nib.spatialimages.SpatialImage) ->
 
 
 def extract_roi(
-    slab_img: nib.spatialimages.SpatialImage, grid: RoiGrid, order: int = 3
+    slab_img: nib.spatialimages.SpatialImage, grid: RoiGrid, order: int = 3, fill: float = 0.0
 ) -> np.ndarray:
-    """Slab intensities on ``grid`` (float32, ``grid.shape``); 0 outside the slab.
+    """Slab intensities on ``grid`` (float32, ``grid.shape``); ``fill`` outside the slab.
 
     ``order`` 3 = cubic B-spline. Use :func:`outside_fraction` / :func:`roi_touches_slab_edge`
     to flag a ROI that is not fully covered by the slab.
@@ -138,9 +138,9 @@ def extract_roi(
     slab = slab_grid(slab_img)
     box = box_around(grid, slab, margin=SPLINE_MARGIN if order > 1 else 1)
     if box is None:
-        return np.zeros(grid.shape, np.float32)
+        return np.full(grid.shape, fill, np.float32)
     data = slab_data(slab_img)[box]
-    return resample(data, sub_grid(slab, box).affine, grid, order=order, cval=0.0)
+    return resample(data, sub_grid(slab, box).affine, grid, order=order, cval=fill)
 
 
 def map_back(

@@ -18,6 +18,9 @@ ROI_SHAPE: tuple[int, int, int] = (200, 150, 100)
 ROI_SPACING_MM: float = 0.2
 
 
+SNAP_VOX = 1e-6  # resample(): affine entries this close to an integer are snapped
+
+
 @dataclass(frozen=True)
 class RoiGrid:
     """A voxel grid in world space: ``world = affine @ [i, j, k, 1]``."""
@@ -94,8 +97,12 @@ def resample(
 
     ``order`` 3 is cubic B-spline (images), 1 linear (probabilities), 0 nearest (labels).
     """
-    # voxel(target) → world → voxel(source), as one affine
+    # voxel(target) → world → voxel(source), as one affine; entries within 1e-6 of an
+    # integer are snapped to it, so that grids sharing voxel centres (e.g. a flip) map
+    # exactly and round-off cannot push a voxel on the source's edge outside it
     matrix = np.linalg.inv(source_affine) @ target.affine
+    nearest = np.round(matrix)
+    matrix = np.where(np.abs(matrix - nearest) < SNAP_VOX, nearest, matrix)
     out = ndimage.affine_transform(
         np.asarray(data, dtype=np.float32 if order > 0 else data.dtype),
         matrix[:3, :3],
