@@ -1,0 +1,83 @@
+"""Make a trained checkpoint the shipped default model, with its hold-out figures in the card.
+
+    python scripts/ship_model.py RUN/last.safetensors runs/holdout-new [--note TEXT]
+
+Copies the weights (fp16 safetensors) and their model card to
+``ievnet_bids/data/model/ievnet_default.*``, adds ``metrics.holdout`` (all ears and per
+phantom contrast) from ``HOLDOUT/holdout_structures.tsv`` (``scripts/eval_holdout.sh``) and
+records the weights' sha256.  Evaluate the checkpoint *before* shipping it:
+``scripts/eval_holdout.sh RUN/last.safetensors runs/holdout-new``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ievnet_bids.model.weights import sha256_file
+from ievnet_bids.resources import default_model_path
+
+FIGURES = ("dice", "hd95_mm", "msd_mm")
+
+
+def _stats(values: list[float]) -> dict[str, float | int]:
+    finite = np.array([v for v in values if math.isfinite(v)])
+    return {
+        "mean": round(float(finite.mean()), 4) if finite.size else None,
+        "sd": round(float(finite.std(ddof=1)), 4) if finite.size > 1 else 0.0,
+        "median": round(float(np.median(finite)), 4) if finite.size else None,
+        "n_finite": int(finite.size),
+        "n": len(values),
+    }
+
+
+def holdout_metrics(holdout: Path) -> dict:
+    with (holdout / "holdout_structures.tsv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    structures = [k for k in rows[0] if k.endswith(("_recall", "_dice")) and k != "dice"]
+    out: dict = {"cases": len(rows), "seed_start": 10_000_000}
+
+    def block(group: list[dict[str, str]]) -> dict:
+        b = {k: _stats([float(r[k]) for r in group]) for k in FIGURES}
+        b["per_structure_mean"] = {
+            k: round(float(np.mean([float(r[k]) for r in group])), 4) for k in structures
+        }
+        return b
+
+    out["all"] = block(rows)
+    for contrast in sorted({r["contrast"] for r in rows}):
+        out[f"{contrast}_contrast"] = block([r for r in rows if r["contrast"] == contrast])
+    out["tool"] = "scripts/eval_holdout.sh (ievnet-synth holdout → ievnet-segment → ievnet-eval)"
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("weights", type=Path, help="RUN/last.safetensors or RUN/best.safetensors")
+    p.add_argument("holdout", type=Path, help="folder evaluated by scripts/eval_holdout.sh")
+    p.add_argument("--note", default=None, help="replaces training.notes in the card")
+    args = p.parse_args()
+    card_src = args.weights.with_name(args.weights.stem + ".model_card.json")
+    card = json.loads(card_src.read_text())
+    card.setdefault("metrics", {})["holdout"] = holdout_metrics(args.holdout)
+    if args.note:
+        card["training"]["notes"] = args.note
+    dest = default_model_path()
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.copyfile(args.weights, tmp)
+    card["weights_sha256"] = sha256_file(tmp)
+    tmp.replace(dest)
+    card_dest = dest.with_name(dest.stem + ".model_card.json")
+    card_dest.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+    print(f"shipped {args.weights} → {dest} (sha256 {card['weights_sha256'][:12]})")
+    print(json.dumps(card["metrics"]["holdout"]["all"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
