@@ -6,7 +6,8 @@
 #
 # MODEL defaults to the shipped model, OUT to runs/holdout, COUNT to 50 ears (alternating
 # left/right; a third in random contrast). Writes OUT/holdout_metrics.tsv (per ear: Dice, HD,
-# HD95, mean surface distance, volumes) and OUT/holdout_structures.tsv (per-structure recall).
+# HD95, mean surface distance, volumes), OUT/holdout_structures.tsv (per-structure recall and
+# Dice) and prints the summary of all ears and per phantom contrast (SPACE-like, random).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
