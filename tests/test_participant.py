@@ -160,6 +160,21 @@ def test_missing_slab_fails_that_subject_alone(run, link_tree, tmp_path, caplog)
     assert len(list((out / "sub-01").rglob("*_mask.nii.gz"))) == 4  # two sessions, two ears
 
 
+def test_units_run_concurrently_with_the_same_results(run, tmp_path, caplog):
+    """--nprocs 2 --omp-nthreads 1: two sessions at a time in worker processes."""
+    out = tmp_path / "out"
+    assert _run(run["bids"], out, tmp_path / "work", "--omp-nthreads", "1") == 0
+    assert "2 participant/session(s) at a time, 1 CPU(s) each" in caplog.text
+    for sub, ses in _units(run["bids"]):
+        assert _volumes(out, sub, ses).keys() == set(SIDES)
+        for side in SIDES:
+            m0 = np.asanyarray(_mask(run["out"], sub, ses, side).dataobj) > 0
+            m1 = np.asanyarray(_mask(out, sub, ses, side).dataobj) > 0
+            assert dice(m0, m1) >= 0.99, (sub, ses, side)  # only the thread count differs
+    statuses = [json.loads(p.read_text()) for p in (out / "logs").glob("*_status.json")]
+    assert sorted(s["status"] for s in statuses) == ["ok"] * 3
+
+
 def _moved(img: nib.Nifti1Image, transform: np.ndarray) -> nib.Nifti1Image:
     return nib.Nifti1Image(np.asanyarray(img.dataobj), transform @ img.affine, img.header)
 

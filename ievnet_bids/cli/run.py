@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
 from typing import Any
 
+from ievnet_bids.logs import setup_logging
+
 LOG = logging.getLogger("ievnet_bids")
 
 
@@ -34,34 +36,6 @@ RUNNERS: dict[str, tuple[str, str]] = {
     "participant": ("ievnet_bids.workflows.participant", "run_participant_level"),
     "group": ("ievnet_bids.workflows.group", "run_group_level"),
 }
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to the current ``sys.stderr`` (not the one seen when it was made)."""
-
-    @property
-    def stream(self) -> Any:  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
-def setup_logging(verbose: int) -> None:
-    """Log to stderr: ``ievnet_bids`` INFO (``-v`` DEBUG), libraries WARNING (``-vv`` DEBUG).
-
-    Idempotent: one stderr handler on the root logger, so pytest's ``caplog`` still works.
-    """
-    root = logging.getLogger()
-    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-        )
-        root.addHandler(handler)
-    LOG.setLevel(logging.DEBUG if verbose >= 1 else logging.INFO)
-    root.setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
 def load_runner(level: str) -> Callable[..., Mapping[str, str]] | None:

@@ -12,19 +12,23 @@
 publishes them (``..._desc-tfs_qc.json``, ``sub-XX/figures/*.png``). After each
 participant/session ``sub-XX.html`` is (re)assembled, for failed units too (errors section).
 
-Each participant/session runs as its own graph (MultiProc over ``--nprocs``), so a crash
-fails that unit alone; crash files are written as text to ``sub-XX/log/``. Node results are
-cached in the work directory, so a rerun reuses them.
+Each participant/session runs as its own graph (MultiProc over its CPUs), so a crash fails
+that unit alone; when ``--nprocs`` holds several ``--omp-nthreads`` shares, several units run
+at once in worker processes. Crash files are written as text to ``sub-XX/log/``. Node results
+are cached in the work directory, so a rerun reuses them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import re
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
@@ -177,72 +181,175 @@ def prepare_output_dir(config: RunConfig) -> None:
     D.write_text_atomic(config.to_toml(), logs / f"config-{config.run_id}.toml")
 
 
-def run_participant_level(config: RunConfig, inputs: Sequence[SubjectInputs]) -> dict[str, str]:
-    """Run every participant/session; returns ``{unit: one-line reason}`` for the failures."""
-    from nipype import config as nipype_config
+UNIT_MEM_GB = 3.0  # peak memory of one participant/session (segmentation ≈ 1.4–1.6 GB)
 
-    from ievnet_bids.bids.query import landmarks_for, load_landmarks
+
+def concurrent_units(config: RunConfig, n_units: int) -> int:
+    """How many participants/sessions run at once.
+
+    ``--nprocs`` is split into shares of ``--omp-nthreads`` CPUs (and ``--mem-gb`` into
+    shares of :data:`UNIT_MEM_GB`); each unit then runs its own graph on its share.
+    """
+    n = config.nprocs // max(1, config.omp_nthreads)
+    if config.mem_gb:
+        n = min(n, int(config.mem_gb // UNIT_MEM_GB))
+    return max(1, min(n, n_units))
+
+
+def run_participant_level(config: RunConfig, inputs: Sequence[SubjectInputs]) -> dict[str, str]:
+    """Run every participant/session; returns ``{unit: one-line reason}`` for the failures.
+
+    Units run one after another, each on all of ``--nprocs``, or, when ``--nprocs`` holds
+    several ``--omp-nthreads`` shares, several at once in worker processes
+    (:func:`concurrent_units`); either way a failing unit fails alone.
+    """
+    from ievnet_bids.bids.query import load_landmarks
+
+    configure_nipype_logging(config.verbose)
+    prepare_output_dir(config)
+    table = load_landmarks(config.landmarks_file) if config.localizer == "landmarks" else None
+    n_parallel = concurrent_units(config, len(inputs))
+    failures: dict[str, str] = {}
+
+    def stopped(unit: SubjectInputs) -> bool:
+        if failures and config.stop_on_first_crash:
+            failures[unit.name] = "not run (--stop-on-first-crash)"
+            _report_unit(config, unit, time.time(), failures[unit.name])
+            return True
+        return False
+
+    def check(unit: SubjectInputs) -> tuple[bool, Mapping[str, Sequence[float]] | None]:
+        """(runnable, landmarks); a unit that cannot run is failed and reported here."""
+        reason, landmarks = _unit_problem(config, unit, table)
+        if reason is not None:
+            failures[unit.name] = reason
+            _report_unit(config, unit, time.time(), reason)
+        return reason is None, landmarks
+
+    if n_parallel == 1:
+        for unit in inputs:
+            if stopped(unit):
+                continue
+            ok, landmarks = check(unit)
+            if ok:
+                reason = run_unit(config, unit, landmarks, config.nprocs, config.mem_gb)
+                if reason is not None:
+                    failures[unit.name] = reason
+        return failures
+
+    share = config.nprocs // n_parallel
+    mem_share = config.mem_gb / n_parallel if config.mem_gb else None
+    LOG.info("%d participant/session(s) at a time, %d CPU(s) each", n_parallel, share)
+    context = multiprocessing.get_context("forkserver")  # see _plugin_args
+    with ProcessPoolExecutor(
+        n_parallel, mp_context=context, initializer=_init_worker, initargs=(config.verbose,)
+    ) as pool:
+        futures: dict[Future[str | None], SubjectInputs] = {}
+        for unit in inputs:
+            if stopped(unit):
+                continue
+            ok, landmarks = check(unit)
+            if ok:
+                futures[pool.submit(run_unit, config, unit, landmarks, share, mem_share)] = unit
+        for future in as_completed(futures):
+            unit = futures[future]
+            if future.cancelled():
+                continue
+            try:
+                reason = future.result()
+            except Exception as err:  # the worker process itself died (e.g. out of memory)
+                reason = f"worker process failed: {type(err).__name__}: {err}"
+                _report_unit(config, unit, time.time(), reason)
+            if reason is None:
+                continue
+            failures[unit.name] = reason
+            if config.stop_on_first_crash:
+                for other, other_unit in futures.items():
+                    if other.cancel():
+                        stopped(other_unit)
+    return failures
+
+
+def _unit_problem(
+    config: RunConfig, unit: SubjectInputs, table: Any
+) -> tuple[str | None, Mapping[str, Sequence[float]] | None]:
+    """(why the unit cannot run or None, its landmarks for ``--localizer landmarks``)."""
+    from ievnet_bids.bids.query import landmarks_for
+
+    if not unit.slabs:
+        acq = "/".join(config.acq_values)
+        return f"no inner-ear slab (T2w with acq-{acq}) in {config.bids_dir}", None
+    model = config.model_path()
+    if not Path(model).is_file():
+        return f"model file not found: {model}", None
+    if table is None:
+        return None, None
+    landmarks = landmarks_for(table, unit.subject, unit.session)
+    if set(landmarks) != set(SIDES):
+        return f"no left and right ear centres in {config.landmarks_file}", None
+    return None, landmarks
+
+
+def run_unit(
+    config: RunConfig,
+    unit: SubjectInputs,
+    landmarks: Mapping[str, Sequence[float]] | None,
+    nprocs: int,
+    mem_gb: float | None,
+) -> str | None:
+    """Build and run one participant/session's graph; returns the failure reason or None.
+
+    Writes the unit's status and report in any case.
+    """
+    start = time.time()
+    wf = init_participant_wf(unit=unit, config=config, landmarks=landmarks)
+    wf.base_dir = str(config.work_dir)
+    _cap_memory(wf, mem_gb)
+    crashes = crash_dir(config, unit)
+    crashes.mkdir(parents=True, exist_ok=True)
+    wf.config["execution"] = {
+        "crashdump_dir": str(crashes),
+        "crashfile_format": "txt",
+        "stop_on_first_crash": "true" if config.stop_on_first_crash else "false",
+        "remove_unnecessary_outputs": "false",
+        "poll_sleep_duration": "0.2",
+    }
+    LOG.info("%s: running %d slab(s)", unit.name, len(unit.slabs))
+    try:
+        if nprocs > 1:
+            wf.run(plugin="MultiProc", plugin_args=_plugin_args(nprocs, mem_gb))
+        else:  # one CPU: run the nodes in this process, no worker pool to start
+            wf.run(plugin="Linear")
+    except Exception as err:  # nipype raises RuntimeError naming the crashed nodes
+        reason = _crash_reason(crashes, start) or str(err).splitlines()[0]
+        _report_unit(config, unit, start, reason)
+        return reason
+    LOG.info("%s: done in %.1f s", unit.name, time.time() - start)
+    if not any(crashes.iterdir()):
+        crashes.rmdir()
+    _report_unit(config, unit, start, None)
+    return None
+
+
+def configure_nipype_logging(verbose: int) -> None:
+    """Text crash files; nipype's own log quiet unless asked (``-vv``)."""
+    from nipype import config as nipype_config
 
     nipype_config.set("execution", "crashfile_format", "txt")
     nipype_config.set("execution", "remove_unnecessary_outputs", "false")
     nipype_config.set("monitoring", "enabled", "false")
-    # nipype logs through its own handler; keep it quiet unless asked (-vv)
     nipype_logger = logging.getLogger("nipype")
     nipype_logger.propagate = False
-    if config.verbose < 2:
+    if verbose < 2:
         for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    prepare_output_dir(config)
-    table = load_landmarks(config.landmarks_file) if config.localizer == "landmarks" else None
-    model = config.model_path()
-    failures: dict[str, str] = {}
-    for unit in inputs:
-        start = time.time()
-        if failures and config.stop_on_first_crash:
-            failures[unit.name] = "not run (--stop-on-first-crash)"
-            _report_unit(config, unit, start, failures.get(unit.name))
-            continue
-        if not unit.slabs:
-            acq = "/".join(config.acq_values)
-            failures[unit.name] = f"no inner-ear slab (T2w with acq-{acq}) in {config.bids_dir}"
-            _report_unit(config, unit, start, failures.get(unit.name))
-            continue
-        if not Path(model).is_file():
-            failures[unit.name] = f"model file not found: {model}"
-            _report_unit(config, unit, start, failures.get(unit.name))
-            continue
-        landmarks = None
-        if table is not None:
-            landmarks = landmarks_for(table, unit.subject, unit.session)
-            if set(landmarks) != set(SIDES):
-                failures[unit.name] = f"no left and right ear centres in {config.landmarks_file}"
-                _report_unit(config, unit, start, failures.get(unit.name))
-                continue
-        wf = init_participant_wf(unit=unit, config=config, landmarks=landmarks)
-        wf.base_dir = str(config.work_dir)
-        _cap_memory(wf, config.mem_gb)
-        crashes = crash_dir(config, unit)
-        crashes.mkdir(parents=True, exist_ok=True)
-        wf.config["execution"] = {
-            "crashdump_dir": str(crashes),
-            "crashfile_format": "txt",
-            "stop_on_first_crash": "true" if config.stop_on_first_crash else "false",
-            "remove_unnecessary_outputs": "false",
-            "poll_sleep_duration": "0.2",
-        }
-        LOG.info("%s: running %d slab(s)", unit.name, len(unit.slabs))
-        start = time.time()
-        try:
-            wf.run(plugin="MultiProc", plugin_args=_plugin_args(config))
-        except Exception as err:  # nipype raises RuntimeError naming the crashed nodes
-            failures[unit.name] = _crash_reason(crashes, start) or str(err).splitlines()[0]
-            _report_unit(config, unit, start, failures[unit.name])
-            continue
-        LOG.info("%s: done in %.1f s", unit.name, time.time() - start)
-        if not any(crashes.iterdir()):
-            crashes.rmdir()
-        _report_unit(config, unit, start, None)
-    return failures
+
+
+def _init_worker(verbose: int) -> None:
+    from ievnet_bids.logs import setup_logging
+
+    setup_logging(verbose)
+    configure_nipype_logging(verbose)
 
 
 def _report_unit(config: RunConfig, unit: SubjectInputs, start: float, reason: str | None) -> None:
@@ -269,11 +376,11 @@ def _report_unit(config: RunConfig, unit: SubjectInputs, start: float, reason: s
         LOG.warning("%s: could not write the report", unit.name, exc_info=True)
 
 
-def _plugin_args(config: RunConfig) -> dict[str, float | str]:
+def _plugin_args(nprocs: int, mem_gb: float | None) -> dict[str, float | str]:
     # forkserver: forking a process whose torch/OpenMP threads already ran can deadlock
-    args: dict[str, float | str] = {"n_procs": config.nprocs, "mp_context": "forkserver"}
-    if config.mem_gb:
-        args["memory_gb"] = float(config.mem_gb)
+    args: dict[str, float | str] = {"n_procs": nprocs, "mp_context": "forkserver"}
+    if mem_gb:
+        args["memory_gb"] = float(mem_gb)
     return args
 
 
