@@ -50,20 +50,8 @@ def stage_slab_outputs(
     """
     slab_img = nib.load(str(slab))
     voxel_mm3 = float(np.prod(slab_img.header.get_zooms()[:3]))
-    stage_dir.mkdir(parents=True, exist_ok=True)
     extra = (head,) if head is not None else ()
-    staged: dict[Path, Path] = {}
-
-    def stage(name_kwargs: dict[str, Any], data_img, sidecar: dict | None) -> None:
-        dest = D.derivative_path(slab, output_dir, **name_kwargs)
-        tmp = stage_dir / dest.name
-        D.write_nifti_atomic(data_img, tmp)
-        staged[tmp] = dest
-        if sidecar is not None:
-            json_dest = dest.with_name(dest.name.removesuffix(".nii.gz") + ".json")
-            json_tmp = stage_dir / json_dest.name
-            D.write_json_atomic(sidecar, json_tmp)
-            staged[json_tmp] = json_dest
+    staging = D.Staging(slab, output_dir, stage_dir)
 
     dseg = np.zeros(slab_img.shape[:3], np.uint8)
     rows = []
@@ -80,16 +68,16 @@ def stage_slab_outputs(
             "localizer": localizer,
             "extra_sources": extra,
         }
-        stage(
-            {"label": "TFS", "desc": side, "suffix": "mask", "extension": ".nii.gz"},
+        staging.nifti(
             image_like(mask, slab_img, np.uint8),
             D.mask_sidecar(slab, **common),
-        )
-        stage(
-            {"label": "TFS", "desc": side, "suffix": "probseg", "extension": ".nii.gz"},
+            label="TFS", desc=side, suffix="mask", extension=".nii.gz",
+        )  # fmt: skip
+        staging.nifti(
             image_like(prob, slab_img, np.float32),
             D.segmentation_sidecar(slab, **common),
-        )
+            label="TFS", desc=side, suffix="probseg", extension=".nii.gz",
+        )  # fmt: skip
         volume = float(mask.sum() * voxel_mm3)
         components = component_volumes(mask, voxel_mm3)
         # the same count as the multiple_components flag: specks under 1 mm³ (partial-volume
@@ -116,8 +104,7 @@ def stage_slab_outputs(
                 "model_sha256": model_sha256[:12],
             }
         )
-    stage(
-        {"suffix": "dseg", "extension": ".nii.gz"},
+    staging.nifti(
         image_like(dseg, slab_img, np.uint8),
         D.segmentation_sidecar(
             slab,
@@ -128,11 +115,8 @@ def stage_slab_outputs(
             localizer=localizer,
             extra_sources=extra,
         ),
+        suffix="dseg",
+        extension=".nii.gz",
     )
-    tsv_dest = D.derivative_path(
-        slab, output_dir, space=None, desc="tfs", suffix="volumes", extension=".tsv"
-    )
-    tsv_tmp = stage_dir / tsv_dest.name
-    D.write_tsv_atomic(rows, tsv_tmp)
-    staged[tsv_tmp] = tsv_dest
-    return staged, rows
+    staging.tsv(rows, space=None, desc="tfs", suffix="volumes", extension=".tsv")
+    return staging.files, rows

@@ -339,3 +339,27 @@ def test_derivative_tree_validates(tmp_path, tiny_bids):
     assert sorted(report["summary"]["subjects"]) == ["01", "02"]
     assert report["summary"]["dataProcessed"] is True
     assert len(list(out.rglob("*.nii.gz"))) == 10
+
+
+def test_staging_names_and_publishes_together(tmp_path, tiny_bids):
+    bids = tiny_bids(tmp_path / "bids", [SES_SLAB])
+    out, stage = tmp_path / "deriv", tmp_path / "stage"
+    staging = D.Staging(bids / SES_SLAB, out, stage)
+    img = nib.Nifti1Image(np.ones((2, 2, 2), np.uint8), np.eye(4))
+    mask = staging.nifti(img, {"Type": "ROI"}, label="TFS", desc="left", suffix="mask",
+                         extension=".nii.gz")  # fmt: skip
+    table = staging.tsv([{"side": "left", "volume_mm3": 1.5}], space=None, desc="tfs",
+                        suffix="volumes", extension=".tsv")  # fmt: skip
+    prefix = out / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_acq-space_"
+    assert mask == Path(f"{prefix}space-orig_label-TFS_desc-left_mask.nii.gz")
+    assert table == Path(f"{prefix}desc-tfs_volumes.tsv")
+    assert (
+        sorted(p.name for p in staging.files) == sorted(p.name for p in stage.iterdir())
+        and len(staging.files) == 3
+    )  # image, sidecar, table
+    assert not out.exists()  # nothing in place before publish
+    publish(staging.files)
+    assert json.loads(mask.with_name(mask.name.replace(".nii.gz", ".json")).read_text()) == {
+        "Type": "ROI"
+    }
+    assert table.read_text() == "side\tvolume_mm3\nleft\t1.5\n"

@@ -352,6 +352,54 @@ def write_dseg_tsv(output_dir: str | Path) -> Path:
     return write_text_atomic(text, path)
 
 
+# --------------------------------------------------------------------------- staging
+class Staging:
+    """Derivatives of one source image, written to ``stage_dir`` first.
+
+    ``files`` maps each staged file to its destination under ``output_dir`` (BIDS name from
+    :func:`derivative_path`); :func:`publish` moves them into place together.
+    """
+
+    def __init__(self, source: Path, output_dir: Path, stage_dir: Path) -> None:
+        self.source, self.output_dir, self.stage_dir = Path(source), Path(output_dir), stage_dir
+        self.files: dict[Path, Path] = {}
+        stage_dir.mkdir(parents=True, exist_ok=True)
+
+    def paths(self, **entities: Any) -> tuple[Path, Path]:
+        """(staged file, destination) of the derivative named by ``entities``."""
+        dest = derivative_path(self.source, self.output_dir, **entities)
+        return self.stage_dir / dest.name, dest
+
+    def add(self, staged: Path, dest: Path) -> Path:
+        """Register a file written to ``staged`` by the caller; returns ``dest``."""
+        self.files[staged] = dest
+        return dest
+
+    def nifti(self, img: Any, sidecar: Mapping[str, Any] | None = None, **entities: Any) -> Path:
+        """Stage an image (and its JSON sidecar); returns the image's destination."""
+        staged, dest = self.paths(**entities)
+        write_nifti_atomic(img, staged)
+        if sidecar is not None:
+            stem = dest.name.removesuffix(".nii.gz").removesuffix(".nii")
+            self.json(sidecar, dest=dest.with_name(stem + ".json"))
+        return self.add(staged, dest)
+
+    def json(self, obj: Any, *, dest: Path | None = None, **entities: Any) -> Path:
+        """Stage a JSON file (named by ``entities`` or given as ``dest``)."""
+        if dest is None:
+            staged, dest = self.paths(**entities)
+        else:
+            staged = self.stage_dir / dest.name
+        write_json_atomic(obj, staged)
+        return self.add(staged, dest)
+
+    def tsv(self, rows: Any, **entities: Any) -> Path:
+        """Stage a TSV table (rows or a DataFrame)."""
+        staged, dest = self.paths(**entities)
+        write_tsv_atomic(rows, staged)
+        return self.add(staged, dest)
+
+
 # --------------------------------------------------------------------------- publishing
 class PublishError(RuntimeError):
     """Staged outputs could not be published; nothing was moved into place."""

@@ -73,10 +73,9 @@ def stage_slab_report(
     output_dir: Path,
 ) -> tuple[dict[Path, Path], Path]:
     """Stage the QC record and the figures of one slab; returns ``({staged: dest}, qc)``."""
-    stage_dir.mkdir(parents=True, exist_ok=True)
+    staging = D.Staging(slab, output_dir, stage_dir)
     slab_img = nib.load(str(slab))
     _, suffix, _ = D.parse_bids_name(slab)
-    staged: dict[Path, Path] = {}
     ears: dict[str, F.EarData] = {}
     records: dict[str, dict[str, Any]] = {}
     rois: dict[str, tuple[np.ndarray, tuple[int, ...]]] = {}
@@ -114,23 +113,16 @@ def stage_slab_report(
 
     def stage_png(name: str, draw: Any) -> None:
         """Draw one figure; a drawing error is recorded (and shown), not raised."""
-        dest = D.derivative_path(
-            slab,
-            output_dir,
-            space=None,
-            desc=name,
-            suffix=suffix,
-            extension=".png",
-            datatype="figures",
+        tmp, dest = staging.paths(
+            space=None, desc=name, suffix=suffix, extension=".png", datatype="figures"
         )
-        tmp = stage_dir / dest.name
         try:
             draw(tmp)
         except Exception as err:
             LOG.warning("%s: figure %s failed", slab.name, name, exc_info=True)
             figure_errors[name] = f"{type(err).__name__}: {err}"
             return
-        staged[tmp] = dest
+        staging.add(tmp, dest)
         figures[name] = _rel(dest, output_dir)
 
     final = {s: records[s]["labyrinth_centre_mm"] or records[s]["roi_centre_mm"] for s in SIDES}
@@ -166,13 +158,10 @@ def stage_slab_report(
         "figures": figures,
         "figure_errors": figure_errors,
     }
-    qc_dest = D.derivative_path(
-        slab, output_dir, space=None, desc="tfs", suffix="qc", extension=".json"
-    )
-    qc_tmp = stage_dir / qc_dest.name
+    qc_tmp, qc_dest = staging.paths(space=None, desc="tfs", suffix="qc", extension=".json")
     D.write_json_atomic(record, qc_tmp)
-    staged[qc_tmp] = qc_dest
-    return staged, qc_tmp
+    staging.add(qc_tmp, qc_dest)
+    return staging.files, qc_tmp
 
 
 # --------------------------------------------------------------------------- unit status
