@@ -154,13 +154,13 @@ def crash_dir(config: RunConfig, unit: SubjectInputs) -> Path:
 
 
 def _crash_reason(folder: Path, since: float) -> str:
-    """Last line of the newest crash file written after ``since``."""
+    """Last line of the newest crash file written after ``since`` ("" when there is none)."""
     crashes = sorted(
         (p for p in folder.glob("crash-*") if p.stat().st_mtime >= since - 1),
         key=lambda p: p.stat().st_mtime,
     )
     if not crashes:
-        return "workflow failed (no crash file)"
+        return ""
     text = crashes[-1].read_text(errors="replace")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     message = next((ln for ln in reversed(lines) if re.match(r"^[\w.]*(Error|Exception)", ln)), "")
@@ -321,7 +321,8 @@ def run_unit(
         else:  # one CPU: run the nodes in this process, no worker pool to start
             wf.run(plugin="Linear")
     except Exception as err:  # nipype raises RuntimeError naming the crashed nodes
-        reason = _crash_reason(crashes, start) or str(err).splitlines()[0]
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        reason = _crash_reason(crashes, start) or f"workflow failed (no crash file): {lines[0]}"
         _report_unit(config, unit, start, reason)
         return reason
     LOG.info("%s: done in %.1f s", unit.name, time.time() - start)
