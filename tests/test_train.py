@@ -130,3 +130,23 @@ def test_cli_errors_are_one_line(tmp_path, capsys) -> None:
 
     rc = cli.main(["--out", str(tmp_path / "run"), "--crop", "50", "48", "32"])
     assert rc == cli.EXIT_USAGE and "multiples of 16" in capsys.readouterr().err
+
+
+def test_masked_loss_weights_bce_and_channels() -> None:
+    from ievnet_bids.train.loop import MaskedLoss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8, 8, generator=gen)
+    target = (torch.rand(2, 2, 8, 8, 8, generator=gen) > 0.7).float()
+    weight = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # sample 2: channel 2 not annotated
+    dice = MaskedLoss("dice")(logits, target, weight)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce_mean = (bce.flatten(2).mean(2) * weight).sum() / weight.sum()
+    for w in (0.0, 1.0, 20.0):
+        total = MaskedLoss("dicebce", bce_weight=w)(logits, target, weight)
+        torch.testing.assert_close(total, dice + w * bce_mean)
+    # a channel with weight 0 does not count: changing its logits changes nothing
+    other = logits.clone()
+    other[1, 1] = 5.0
+    torch.testing.assert_close(MaskedLoss("dicebce")(other, target, weight),
+                               MaskedLoss("dicebce")(logits, target, weight))  # fmt: skip

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument("--loss", choices=("dice", "dicebce"), default="dice")
     o.add_argument(
+        "--bce-weight", type=float, default=1.0, metavar="W", help="BCE weight of --loss dicebce"
+    )
+    o.add_argument(
         "--amp", type=_tristate, default=None, metavar="{auto,on,off}",
         help="bf16 autocast on CUDA",
     )  # fmt: skip
@@ -177,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             steps=args.steps,
             lr=args.lr,
             loss=args.loss,
+            bce_weight=args.bce_weight,
             amp=args.amp,
             compile=args.compile,
             val_seeds=args.val_seeds,

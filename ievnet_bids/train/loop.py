@@ -76,6 +76,7 @@ class TrainConfig:
     steps: int = 1000
     lr: float = 3e-4
     loss: str = "dice"
+    bce_weight: float = 1.0
     amp: bool | None = None  # bf16 autocast; None: on when CUDA supports bf16
     compile: bool = False
     # validation and bookkeeping
@@ -119,6 +120,7 @@ class TrainConfig:
         need(self.steps >= 1, "steps must be >= 1")
         need(self.lr > 0, "lr must be > 0")
         need(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
+        need(self.bce_weight >= 0, "bce_weight must be >= 0")
         need(self.val_seeds >= 0, "val_seeds must be >= 0")
         need(self.val_every >= 1 and self.log_every >= 1, "val_every/log_every must be >= 1")
         need(self.val_batch >= 1, "val_batch must be >= 1")
@@ -169,14 +171,21 @@ class TrainConfig:
 
 # --------------------------------------------------------------------------- loss
 class MaskedLoss(torch.nn.Module):
-    """Sigmoid Dice loss per sample and channel (MONAI ``DiceLoss``), optionally + BCE,
-    averaged with per-sample channel weights (weight 0: channel not annotated)."""
+    """Sigmoid Dice loss per sample and channel (MONAI ``DiceLoss``), optionally +
+    ``bce_weight`` × BCE, averaged with per-sample channel weights (weight 0: channel not
+    annotated).
 
-    def __init__(self, kind: str = "dice") -> None:
+    Dice alone pulls ambiguous boundary voxels into the mask (its gradient on a voxel is
+    ~1/(|P|+|G|) against BCE's 1/N); a larger BCE weight keeps the probability calibrated,
+    so that the 0.5 threshold sits on the boundary.
+    """
+
+    def __init__(self, kind: str = "dice", bce_weight: float = 1.0) -> None:
         super().__init__()
         from monai.losses import DiceLoss
 
         self.kind = kind
+        self.bce_weight = float(bce_weight)
         self.dice = DiceLoss(sigmoid=True, reduction="none")
 
     def forward(
@@ -187,7 +196,7 @@ class MaskedLoss(torch.nn.Module):
             bce = torch.nn.functional.binary_cross_entropy_with_logits(
                 logits, target, reduction="none"
             )
-            per = per + bce.flatten(2).mean(2)
+            per = per + self.bce_weight * bce.flatten(2).mean(2)
         return (per * weight).sum() / weight.sum().clamp_min(1e-6)
 
 
@@ -425,7 +434,7 @@ def train(config: TrainConfig) -> Path:
     card = config.card()
     model = build_network(card).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loss_fn = MaskedLoss(config.loss)
+    loss_fn = MaskedLoss(config.loss, config.bce_weight)
 
     step, best, best_step, prev_seconds = 0, -math.inf, 0, 0.0
     best_raw = math.nan
@@ -487,7 +496,8 @@ def train(config: TrainConfig) -> Path:
             "data_sources": prepared["sources"],
             "targets": ["tfs", "other_fluid"][: config.out_channels],
             "augmentations": D.augmentation_names(config.elastic),
-            "loss": f"{config.loss} (MONAI DiceLoss sigmoid, per sample and channel)",
+            "loss": f"{config.loss} (MONAI DiceLoss sigmoid, per sample and channel)"
+            + (f", BCE weight {config.bce_weight:g}" if config.loss == "dicebce" else ""),
             "optimizer": f"Adam lr={config.lr}",
             "seed": config.seed,
             "steps": steps_done,
