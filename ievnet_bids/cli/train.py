@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument_group("augmentation and batches")
     a.add_argument(
         "--crop", type=int, nargs=3, metavar=("X", "Y", "Z"), default=[96, 96, 64],
-        help="training patch size (208 160 112: the full padded ROI)",
+        help="training patch size (208 160 112: the full padded ROI, as at inference; smaller "
+        "crops train faster but shift the instance-norm statistics: finish with full ROIs)",
     )  # fmt: skip
     a.add_argument(
         "--pos-fraction",
