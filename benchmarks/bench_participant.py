@@ -6,7 +6,7 @@ its whole process tree (``/proc``, every 0.1 s) while it runs.  Prints the wall 
 peak summed RSS of the tree and of its largest process, and the time of each Nipype node
 (from the ``elapsed time`` log lines), summed over subjects and ears.
 
-    python benchmarks/bench_participant.py --subjects 2 --nprocs 2
+    python benchmarks/bench_participant.py --subjects 2 --nprocs 2 [--omp-nthreads 1]
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subjects", type=int, default=2)
     p.add_argument("--nprocs", type=int, default=2)
+    p.add_argument("--omp-nthreads", type=int, help="default: --nprocs (one unit at a time)")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--keep", type=Path, help="run in this folder and keep it")
     args = p.parse_args()
@@ -70,7 +71,8 @@ def main() -> int:
     write_bids_dataset(bids, root / "truth", n_subjects=args.subjects, seed=args.seed)
     cmd = [
         sys.executable, "-m", "ievnet_bids.cli.run", str(bids), str(out), "participant",
-        "-w", str(work), "--nprocs", str(args.nprocs), "--omp-nthreads", str(args.nprocs),
+        "-w", str(work), "--nprocs", str(args.nprocs),
+        "--omp-nthreads", str(args.omp_nthreads or args.nprocs),
     ]  # fmt: skip
     log = root / "run.log"
     t0 = time.perf_counter()
