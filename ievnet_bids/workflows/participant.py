@@ -25,7 +25,7 @@ import logging
 import multiprocessing
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -218,23 +218,26 @@ def run_participant_level(config: RunConfig, inputs: Sequence[SubjectInputs]) ->
             return True
         return False
 
-    def check(unit: SubjectInputs) -> tuple[bool, Mapping[str, Sequence[float]] | None]:
-        """(runnable, landmarks); a unit that cannot run is failed and reported here."""
-        reason, landmarks = _unit_problem(config, unit, table)
-        if reason is not None:
-            failures[unit.name] = reason
-            _report_unit(config, unit, time.time(), reason)
-        return reason is None, landmarks
+    def runnable() -> Iterator[tuple[SubjectInputs, Mapping[str, Sequence[float]] | None]]:
+        """(unit, landmarks) of the units to run; the others are failed and reported here.
 
-    if n_parallel == 1:
+        Lazy, so that --stop-on-first-crash sees the failures of the units run so far.
+        """
         for unit in inputs:
             if stopped(unit):
                 continue
-            ok, landmarks = check(unit)
-            if ok:
-                reason = run_unit(config, unit, landmarks, config.nprocs, config.mem_gb)
-                if reason is not None:
-                    failures[unit.name] = reason
+            reason, landmarks = _unit_problem(config, unit, table)
+            if reason is None:
+                yield unit, landmarks
+            else:
+                failures[unit.name] = reason
+                _report_unit(config, unit, time.time(), reason)
+
+    if n_parallel == 1:
+        for unit, landmarks in runnable():
+            reason = run_unit(config, unit, landmarks, config.nprocs, config.mem_gb)
+            if reason is not None:
+                failures[unit.name] = reason
         return failures
 
     share = config.nprocs // n_parallel
@@ -244,13 +247,10 @@ def run_participant_level(config: RunConfig, inputs: Sequence[SubjectInputs]) ->
     with ProcessPoolExecutor(
         n_parallel, mp_context=context, initializer=_init_worker, initargs=(config.verbose,)
     ) as pool:
-        futures: dict[Future[str | None], SubjectInputs] = {}
-        for unit in inputs:
-            if stopped(unit):
-                continue
-            ok, landmarks = check(unit)
-            if ok:
-                futures[pool.submit(run_unit, config, unit, landmarks, share, mem_share)] = unit
+        futures: dict[Future[str | None], SubjectInputs] = {
+            pool.submit(run_unit, config, unit, landmarks, share, mem_share): unit
+            for unit, landmarks in runnable()
+        }
         for future in as_completed(futures):
             unit = futures[future]
             if future.cancelled():
