@@ -22,10 +22,10 @@ from ievnet_bids.geometry.extract import image_like
 from ievnet_bids.reports.qc import (  # noqa: F401  (re-exported: the QC lives in reports.qc)
     EXPECTED_VOLUME_MM3,
     MAX_REFINEMENT_MOVE_MM,
-    MIN_COMPONENT_MM3,
     component_volumes,
     qc_checks,
     qc_flags,
+    significant_components,
 )
 
 SIDES = ("left", "right")
@@ -82,7 +82,7 @@ def stage_slab_outputs(
         components = component_volumes(mask, voxel_mm3)
         # the same count as the multiple_components flag: specks under 1 mm³ (partial-volume
         # voxels of the mapping back onto a coarser grid) are not counted
-        n_comp = sum(v >= MIN_COMPONENT_MM3 for v in components)
+        n_comp = len(significant_components(components))
         flags = qc_checks(
             volume_mm3=volume,
             component_volumes_mm3=components,

@@ -238,6 +238,11 @@ def component_volumes(mask: np.ndarray, voxel_mm3: float) -> list[float]:
     return sorted((float(c) * voxel_mm3 for c in counts if c), reverse=True)
 
 
+def significant_components(component_volumes_mm3: Sequence[float]) -> list[float]:
+    """The component volumes of at least :data:`MIN_COMPONENT_MM3` (specks left out)."""
+    return [v for v in component_volumes_mm3 if v >= MIN_COMPONENT_MM3]
+
+
 def boundary_probability(prob: np.ndarray, mask: np.ndarray) -> float | None:
     """Mean probability on the inner boundary of ``mask`` (mask minus its 6-erosion)."""
     mask = np.asarray(mask) > 0
@@ -275,7 +280,7 @@ def qc_checks(
             )
         )
     if component_volumes_mm3 is not None:
-        big = [v for v in component_volumes_mm3 if v >= MIN_COMPONENT_MM3]
+        big = significant_components(component_volumes_mm3)
         if len(big) > 1:
             listed = ", ".join(f"{v:.1f}" for v in big[:5]) + (", …" if len(big) > 5 else "")
             flags.append(
