@@ -29,7 +29,7 @@ from ievnet_bids.train.pool import HOLDOUT_SEED_START, phantom_settings
 EAR_METRICS = ("dice", "hd95_mm", "msd_mm", "volume_pred_mm3", "volume_ref_mm3")
 
 
-def _read_tsv(path: Path) -> list[dict[str, str]]:
+def read_tsv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as fh:
         return list(csv.DictReader(fh, delimiter="\t"))
 
@@ -38,7 +38,7 @@ def contrast_of_cases(out: Path, cases: list[str]) -> dict[str, str]:
     """Case → phantom contrast, from ``holdout.tsv`` or else from the case's seed."""
     manifest = out / "holdout.tsv"
     if manifest.is_file():
-        return {r["case"]: r["contrast"] for r in _read_tsv(manifest)}
+        return {r["case"]: r["contrast"] for r in read_tsv(manifest)}
     index = {c: int(c.split("_")[0].removeprefix("holdout-")) for c in cases}
     return {c: phantom_settings(HOLDOUT_SEED_START + i)["contrast"] for c, i in index.items()}
 
@@ -58,18 +58,31 @@ def structure_figures(labels: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return row
 
 
-def _summary(values: list[float]) -> str:
+def finite_stats(values: list[float]) -> dict[str, float | int | None]:
+    """Mean, SD, median and minimum of the finite values; ``n_finite`` of ``n``."""
     v = np.array([x for x in values if math.isfinite(x)])
-    if v.size == 0:
+    stats: dict[str, float | int | None] = {"mean": None, "sd": None, "median": None, "min": None}
+    if v.size:
+        stats = {
+            "mean": float(v.mean()),
+            "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+            "median": float(np.median(v)),
+            "min": float(v.min()),
+        }
+    return {**stats, "n_finite": int(v.size), "n": len(values)}
+
+
+def _summary(values: list[float]) -> str:
+    s = finite_stats(values)
+    if not s["n_finite"]:
         return "n/a"
-    sd = v.std(ddof=1) if v.size > 1 else 0.0
-    left = len(values) - v.size
+    left = s["n"] - s["n_finite"]
     extra = f" ({left} inf left out)" if left else ""
-    return f"{v.mean():.3f} ± {sd:.3f}  median {np.median(v):.3f}  min {v.min():.3f}{extra}"
+    return f"{s['mean']:.3f} ± {s['sd']:.3f}  median {s['median']:.3f}  min {s['min']:.3f}{extra}"
 
 
 def main(out: Path) -> None:
-    ears = {r["case"]: r for r in _read_tsv(out / "holdout_metrics.tsv")}
+    ears = {r["case"]: r for r in read_tsv(out / "holdout_metrics.tsv")}
     rows = []
     for label_file in sorted((out / "labels").glob("*.nii.gz")):
         case = label_file.name.removesuffix(".nii.gz")

@@ -12,13 +12,12 @@ records the weights' sha256.  Evaluate the checkpoint *before* shipping it:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import shutil
 from pathlib import Path
 
 import numpy as np
+from holdout_structures import finite_stats, read_tsv  # scripts/ (the script's folder)
 
 from ievnet_bids.model.weights import sha256_file
 from ievnet_bids.resources import default_model_path
@@ -26,20 +25,14 @@ from ievnet_bids.resources import default_model_path
 FIGURES = ("dice", "hd95_mm", "msd_mm")
 
 
-def _stats(values: list[float]) -> dict[str, float | int]:
-    finite = np.array([v for v in values if math.isfinite(v)])
-    return {
-        "mean": round(float(finite.mean()), 4) if finite.size else None,
-        "sd": round(float(finite.std(ddof=1)), 4) if finite.size > 1 else 0.0,
-        "median": round(float(np.median(finite)), 4) if finite.size else None,
-        "n_finite": int(finite.size),
-        "n": len(values),
-    }
+def _stats(values: list[float]) -> dict[str, float | int | None]:
+    s = finite_stats(values)
+    rounded = {k: None if s[k] is None else round(float(s[k]), 4) for k in ("mean", "sd", "median")}
+    return {**rounded, "n_finite": s["n_finite"], "n": s["n"]}
 
 
 def holdout_metrics(holdout: Path) -> dict:
-    with (holdout / "holdout_structures.tsv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
+    rows = read_tsv(holdout / "holdout_structures.tsv")
     structures = [k for k in rows[0] if k.endswith(("_recall", "_dice")) and k != "dice"]
     out: dict = {"cases": len(rows), "seed_start": 10_000_000}
 
