@@ -23,6 +23,7 @@ from ievnet_bids.reports.qc import (  # noqa: F401  (re-exported: the QC lives i
     EXPECTED_VOLUME_MM3,
     MAX_REFINEMENT_MOVE_MM,
     component_volumes,
+    flags_cell,
     qc_checks,
     qc_flags,
     significant_components,
@@ -99,7 +100,7 @@ def stage_slab_outputs(
                 "centre_z_mm": round(float(ear["centre_mm"][2]), 3),
                 "localizer": localizer,
                 "refinement_moved_mm": round(float(ear["moved_mm"]), 3),
-                "qc_flags": ",".join(f.name for f in flags) or "n/a",
+                "qc_flags": flags_cell([f.name for f in flags]),
                 "model": model_name,
                 "model_sha256": model_sha256[:12],
             }

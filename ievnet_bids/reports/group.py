@@ -120,7 +120,7 @@ def read_participant_rows(
             for row in csv.DictReader(fh, delimiter="\t"):
                 ear = qc.get("ears", {}).get(row.get("side"), {})
                 topo = ear.get("topology") or {}
-                flags = [f for f in row.get("qc_flags", "n/a").split(",") if f and f != "n/a"]
+                flags = Q.flag_names(row.get("qc_flags"))
                 flags += [f["name"] for f in ear.get("flags", [])]
                 out = {
                     "participant_id": sub,

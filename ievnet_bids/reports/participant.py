@@ -288,7 +288,7 @@ def collect_subject(output_dir: Path, subject: str) -> dict[str, Any]:
             rec = qc.get("ears", {}).get(side, {})
             flags = rec.get("flags")
             if flags is None:
-                names = [f for f in row.get("qc_flags", "n/a").split(",") if f and f != "n/a"]
+                names = Q.flag_names(row.get("qc_flags"))
                 flags = [{"name": n, "reason": ""} for n in names]
             centre = [_num(row.get(f"centre_{a}_mm")) for a in "xyz"]
             ears[side] = {

@@ -238,6 +238,16 @@ def component_volumes(mask: np.ndarray, voxel_mm3: float) -> list[float]:
     return sorted((float(c) * voxel_mm3 for c in counts if c), reverse=True)
 
 
+def flags_cell(names: Sequence[str]) -> str:
+    """Flag names as one cell of the volumes table: comma-separated, ``n/a`` when none."""
+    return ",".join(names) or "n/a"
+
+
+def flag_names(cell: str | None) -> list[str]:
+    """The flag names of a volumes-table cell (:func:`flags_cell` read back)."""
+    return [f for f in (cell or "n/a").split(",") if f and f != "n/a"]
+
+
 def significant_components(component_volumes_mm3: Sequence[float]) -> list[float]:
     """The component volumes of at least :data:`MIN_COMPONENT_MM3` (specks left out)."""
     return [v for v in component_volumes_mm3 if v >= MIN_COMPONENT_MM3]

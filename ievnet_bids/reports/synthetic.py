@@ -53,7 +53,7 @@ def write_unit(
                 "centre_z_mm": round(float(centre[2]), 3),
                 "localizer": "template",
                 "refinement_moved_mm": round(moved, 3),
-                "qc_flags": ",".join(n for n in names if n != "missing_canal_loop") or "n/a",
+                "qc_flags": Q.flags_cell([n for n in names if n != "missing_canal_loop"]),
                 "model": "ievnet-synthetic",
                 "model_sha256": model_sha256[:12],
             }
