@@ -110,6 +110,46 @@ def test_stream_targets_and_weights(phantoms) -> None:
     assert sample["weight"].tolist() == [1.0, 1.0]
 
 
+def test_stream_reuse_loads_one_sample_per_reuse(phantoms, monkeypatch) -> None:
+    """--reuse 4: about a quarter of the draws load a sample; each use is augmented anew."""
+    loads = 0
+    real_load = TrainStream._load
+
+    def counting_load(self, rng, state):  # noqa: ANN001, ANN202
+        nonlocal loads
+        loads += 1
+        return real_load(self, rng, state)
+
+    monkeypatch.setattr(TrainStream, "_load", counting_load)
+    stream = TrainStream(
+        out_channels=1, crop=(48, 48, 32), spatial=None, seed=0, pool=phantoms[0],
+        pool_weight=1, reuse=4.0, reservoir=2,
+    )  # fmt: skip
+    draws = [s for _, s in zip(range(200), stream, strict=False)]
+    assert 35 <= loads <= 70, loads  # 2 to fill the reservoir + Binomial(198, 1/4) ≈ 51.5
+    assert draws[0]["target"].dtype == torch.uint8
+    images = {hash(d["image"].numpy().tobytes()) for d in draws}
+    assert len(images) > loads  # reused samples get other intensity augmentations
+    with pytest.raises(ValueError, match="reuse"):
+        TrainStream(out_channels=1, crop=(48, 48, 32), spatial=None, seed=0,
+                    pool=phantoms[0], pool_weight=1, reuse=0.5)  # fmt: skip
+
+
+def test_init_starts_from_given_weights(tmp_path, phantoms) -> None:
+    """--init: step 0 is the given model (same validation Dice); a mismatch is refused."""
+    first = train(_config(tmp_path / "a", phantoms, steps=20, val_every=20, lr=1e-2))
+    tuned = tmp_path / "b"
+    train(_config(tuned, phantoms, steps=1, val_every=1, lr=1e-12, init=first))
+    _, card_a = load_model(first)
+    _, card_b = load_model(tuned / "best.safetensors")
+    assert card_b.training["initialised_from"].startswith("best.safetensors (sha256 ")
+    assert abs(card_b.metrics["val_dice"] - card_a.metrics["val_dice"]) < 0.02
+    with pytest.raises(ValueError, match="--init: .*do not match"):
+        train(_config(tmp_path / "c", phantoms, steps=1, init=first, out_channels=2))
+    with pytest.raises(ValueError, match="--init: .*not found"):
+        train(_config(tmp_path / "d", phantoms, steps=1, init=tmp_path / "none.safetensors"))
+
+
 def _nifti(path: Path, shape: tuple[int, ...]) -> None:
     nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4) * 0.2), path)
 

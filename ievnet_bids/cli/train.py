@@ -65,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="real 200×150×100 ROI pairs: *_image.nii.gz + *_mask.nii.gz, or images/ + labels/",
     )
     src.add_argument("--data-weight", type=float, default=1.0, metavar="W")
+    src.add_argument(
+        "--reuse",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="mean number of uses of each loaded phantom (each loader worker keeps a small "
+        "reservoir; the augmentations differ per use): feeds a fast GPU when generating "
+        "phantoms on the fly is the bottleneck",
+    )
 
     m = p.add_argument_group("model")
     m.add_argument(
@@ -79,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dropout", type=float, default=0.5, metavar="P")
     m.add_argument("--name", default="ievnet-synth", help="model name in the card")
     m.add_argument("--model-version", default="1.0")
+    m.add_argument(
+        "--init",
+        type=Path,
+        metavar="WEIGHTS",
+        help="start from these weights (.safetensors/.pth of the same architecture) with a "
+        "fresh optimizer: fine-tuning, e.g. of the shipped model",
+    )
 
     a = p.add_argument_group("augmentation and batches")
     a.add_argument(
@@ -166,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             data=args.data,
             data_weight=args.data_weight,
             pool_refresh=args.pool_refresh,
+            reuse=args.reuse,
+            init=args.init,
             out_channels=args.out_channels,
             channels=tuple(args.channels),
             num_res_units=args.res_units,

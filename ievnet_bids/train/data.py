@@ -383,6 +383,8 @@ class TrainStream(IterableDataset):
         data_weight: float = 0.0,
         pool_refresh_samples: int = 400,
         roi_shape: Sequence[int] = ROI_SHAPE,
+        reuse: float = 1.0,
+        reservoir: int = 6,
     ) -> None:
         super().__init__()
         weights = np.array([pool_weight, synthetic_weight, data_weight], dtype=float)
@@ -403,6 +405,10 @@ class TrainStream(IterableDataset):
         self.pool = pool
         self.data_pairs = list(data_pairs)
         self.pool_refresh_samples = max(1, int(pool_refresh_samples))
+        if reuse < 1.0:
+            raise DataError(f"reuse must be >= 1, got {reuse}")
+        self.reuse = float(reuse)
+        self.reservoir = max(1, int(reservoir))
 
     def _load(
         self, rng: np.random.Generator, state: dict[str, Any]
@@ -447,16 +453,28 @@ class TrainStream(IterableDataset):
         if spatial is not None:
             spatial.set_random_state(int(rng.integers(2**31)))
         state: dict[str, Any] = {"files": [], "drawn": 0}
+        kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         retries = 0
         while True:
-            try:
-                image, target, weight = self._load(rng, state)
-            except _RetryError:
-                retries += 1
-                if retries > 20:
-                    raise
-                continue
-            retries = 0
+            # With reuse > 1 a loaded sample joins a small reservoir and each draw takes a
+            # new sample with probability 1/reuse (always while the reservoir fills), else
+            # a kept one: every sample is used ``reuse`` times on average.
+            if self.reuse > 1.0 and len(kept) >= self.reservoir and rng.random() >= 1 / self.reuse:
+                image, target, weight = kept[int(rng.integers(len(kept)))]
+            else:
+                try:
+                    image, target, weight = self._load(rng, state)
+                except _RetryError:
+                    retries += 1
+                    if retries > 20:
+                        raise
+                    continue
+                retries = 0
+                if self.reuse > 1.0:
+                    if len(kept) < self.reservoir:
+                        kept.append((image, target, weight))
+                    else:
+                        kept[int(rng.integers(len(kept)))] = (image, target, weight)
             d: dict[str, Any] = {
                 "image": torch.from_numpy(normalize(image, "minmax")[None]),
                 "target": torch.from_numpy(target),
@@ -466,7 +484,8 @@ class TrainStream(IterableDataset):
                 d = spatial.sample(d)
             yield {
                 "image": _plain(d["image"]),
-                "target": _plain(d["target"]),
+                # 0/1 as uint8: a quarter of the bytes through the loader's shared memory
+                "target": _plain(d["target"]).to(torch.uint8),
                 "weight": torch.from_numpy(weight),
             }
 

@@ -58,6 +58,8 @@ class TrainConfig:
     data: Path | None = None
     data_weight: float = 1.0
     pool_refresh: int = 200  # steps between re-listings of the pool folder
+    reuse: float = 1.0  # mean uses of each loaded phantom (per-worker reservoir)
+    init: Path | None = None  # weights to start from (fine-tuning; fresh optimizer)
     # model
     out_channels: int = 1
     channels: tuple[int, ...] = tuple(PUBLISHED_ARCHITECTURE["channels"])
@@ -93,7 +95,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_dir", Path(self.run_dir))
-        for name in ("pool", "data"):
+        for name in ("pool", "data", "init"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
@@ -125,6 +127,8 @@ class TrainConfig:
         need(self.val_every >= 1 and self.log_every >= 1, "val_every/log_every must be >= 1")
         need(self.val_batch >= 1, "val_batch must be >= 1")
         need(self.pool_refresh >= 1, "pool_refresh must be >= 1")
+        need(self.reuse >= 1.0, "reuse must be >= 1")
+        need(not (self.init and self.resume), "init and resume exclude each other")
         need(self.threads is None or self.threads >= 1, "threads must be >= 1")
         need(self.time_limit_min is None or self.time_limit_min > 0, "time limit must be positive")
         need(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
@@ -407,6 +411,8 @@ def train(config: TrainConfig) -> Path:
     if not config.resume and state_path.is_file():
         raise TrainError(f"{run_dir} already holds a run ({STATE_FILE}); use --resume or a new dir")
     prepared = _prepare_sources(config)
+    if config.init is not None and not config.init.is_file():
+        raise TrainError(f"--init: {config.init}: weights file not found")
     try:
         device = resolve_device(config.device)
     except ValueError as exc:
@@ -460,6 +466,8 @@ def train(config: TrainConfig) -> Path:
         # else: another validation set: its Dice is not comparable, the best restarts
         prev_seconds = float(state["seconds"])
         rows = [r for r in read_log(run_dir / "training_log.tsv") if r["step"] <= step]
+    elif config.init is not None:
+        model.load_state_dict(_init_weights(config, model))
 
     fwd: Any = torch.compile(model) if config.compile else model
     spatial = D.SpatialAugment(
@@ -480,6 +488,7 @@ def train(config: TrainConfig) -> Path:
         pool_refresh_samples=D.pool_refresh_samples(
             config.pool_refresh, config.batch_size, config.workers
         ),
+        reuse=config.reuse,
     )
     if aug_on_device:
         spatial.set_random_state(
@@ -499,6 +508,7 @@ def train(config: TrainConfig) -> Path:
             "loss": f"{config.loss} (MONAI DiceLoss sigmoid, per sample and channel)"
             + (f", BCE weight {config.bce_weight:g}" if config.loss == "dicebce" else ""),
             "optimizer": f"Adam lr={config.lr}",
+            "initialised_from": _init_description(config),
             "seed": config.seed,
             "steps": steps_done,
             "batch_size": config.batch_size,
@@ -566,7 +576,7 @@ def train(config: TrainConfig) -> Path:
         while step < config.steps:
             batch = next(batches)
             x = batch["image"].to(device, non_blocking=True)
-            y = batch["target"].to(device, non_blocking=True)
+            y = batch["target"].to(device, non_blocking=True).float()
             w = batch["weight"].to(device, non_blocking=True)
             if aug_on_device:
                 x, y = spatial(x, y)
@@ -638,6 +648,29 @@ def train(config: TrainConfig) -> Path:
     if not best_path.is_file():  # resumed at/after the final step of a finished run
         raise TrainError(f"{run_dir}: no best.safetensors was written")
     return best_path
+
+
+def _init_weights(config: TrainConfig, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict of ``config.init`` for ``model``; :class:`TrainError` if it does not fit."""
+    from ievnet_bids.model.weights import WeightsError, check_state_dict, load_state_dict_file
+
+    assert config.init is not None
+    reference = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        state = load_state_dict_file(config.init)
+        check_state_dict(state, reference, source=config.init)
+    except WeightsError as exc:
+        raise TrainError(f"--init: {exc}") from None
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _init_description(config: TrainConfig) -> str | None:
+    """``name (sha256 prefix)`` of the --init weights, for the model card."""
+    if config.init is None:
+        return None
+    from ievnet_bids.model.weights import sha256_file
+
+    return f"{config.init.name} (sha256 {sha256_file(config.init)[:12]})"
 
 
 def _monai_version() -> str:
