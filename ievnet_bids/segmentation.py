@@ -127,7 +127,8 @@ def map_back_ear(
     """(probability, mask) of one ear on the slab's native grid.
 
     The raw probability is linearly interpolated for the ``probseg``; the mask is the
-    interpolated *cleaned* probability (dropped components removed) thresholded at 0.5.
+    interpolated *cleaned* probability (dropped components removed) thresholded at
+    ``threshold`` (the model card's).
     """
     from ievnet_bids.geometry.extract import map_back
 

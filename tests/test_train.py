@@ -115,7 +115,7 @@ def test_stream_reuse_loads_one_sample_per_reuse(phantoms, monkeypatch) -> None:
     loads = 0
     real_load = TrainStream._load
 
-    def counting_load(self, rng, state):  # noqa: ANN001, ANN202
+    def counting_load(self, rng, state):
         nonlocal loads
         loads += 1
         return real_load(self, rng, state)
@@ -144,9 +144,9 @@ def test_init_starts_from_given_weights(tmp_path, phantoms) -> None:
     _, card_b = load_model(tuned / "best.safetensors")
     assert card_b.training["initialised_from"].startswith("best.safetensors (sha256 ")
     assert abs(card_b.metrics["val_dice"] - card_a.metrics["val_dice"]) < 0.02
-    with pytest.raises(ValueError, match="--init: .*do not match"):
+    with pytest.raises(ValueError, match=r"--init: .*do not match"):
         train(_config(tmp_path / "c", phantoms, steps=1, init=first, out_channels=2))
-    with pytest.raises(ValueError, match="--init: .*not found"):
+    with pytest.raises(ValueError, match=r"--init: .*not found"):
         train(_config(tmp_path / "d", phantoms, steps=1, init=tmp_path / "none.safetensors"))
 
 

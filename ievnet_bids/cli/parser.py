@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", choices=DEVICES, default="auto", help="inference device (default: %(default)s)"
     )
     g.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average each ear's prediction with that of its "
+        "left-right mirror (twice the segmentation time)",
+    )
+    g.add_argument(
         "--localizer",
         choices=LOCALIZERS,
         default="auto",
@@ -320,6 +326,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
         mem_gb=ns.mem_gb,
         model=model,
         device=ns.device,
+        tta=ns.tta,
         localizer=ns.localizer,
         landmarks_file=landmarks,
         skip_bids_validation=ns.skip_bids_validation,

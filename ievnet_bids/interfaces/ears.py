@@ -93,11 +93,13 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
     model = File(exists=True, mandatory=True, desc="model weights (safetensors or .pth)")
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True)
     omp_nthreads = traits.Int(1, usedefault=True)
+    tta = traits.Bool(False, usedefault=True, desc="average with the left-right flipped input")
 
 
 class _SegmentOutputSpec(TraitedSpec):
     probs = traits.List(File(exists=True), desc="ROI probabilities, left then right")
     masks = traits.List(File(exists=True), desc="cleaned ROI masks, left then right")
+    threshold = traits.Float(desc="the model card's probability threshold")
     record = File(exists=True, desc="JSON: per ear clean-up, centres, re-centring; model")
 
 
@@ -118,7 +120,11 @@ class SegmentEars(SimpleInterface):
         record = json.loads(Path(self.inputs.centres).read_text())
         model, card = load_model(self.inputs.model)
         segmenter = Segmenter(
-            model, card, device=self.inputs.device, omp_threads=self.inputs.omp_nthreads
+            model,
+            card,
+            device=self.inputs.device,
+            tta_flip=self.inputs.tta,
+            omp_threads=self.inputs.omp_nthreads,
         )
         ears = []
         for side, path in zip(SIDES, self.inputs.rois, strict=True):
@@ -136,12 +142,15 @@ class SegmentEars(SimpleInterface):
         out = {
             "model_name": card.name,
             "model_sha256": card.weights_sha256 or sha256_file(self.inputs.model),
+            "threshold": card.threshold,
+            "tta_flip": bool(self.inputs.tta),
             "ears": {ear.side: ear.info for ear in ears},
         }
         (cwd / "segment.json").write_text(json.dumps(out, indent=2, default=str))
         self._results["probs"] = [str(f["prob"]) for f in files]
         self._results["masks"] = [str(f["mask"]) for f in files]
         self._results["record"] = str(cwd / "segment.json")
+        self._results["threshold"] = float(card.threshold)
         return runtime
 
 
@@ -150,6 +159,7 @@ class _MapBackInputSpec(BaseInterfaceInputSpec):
     probs = traits.List(File(exists=True), mandatory=True)
     masks = traits.List(File(exists=True), mandatory=True)
     side = traits.Enum(*SIDES, mandatory=True)
+    threshold = traits.Float(0.5, usedefault=True, desc="probability threshold of the mask")
 
 
 class _MapBackOutputSpec(TraitedSpec):
@@ -172,7 +182,10 @@ class MapBackEar(SimpleInterface):
         i = SIDES.index(self.inputs.side)
         slab = nib.load(self.inputs.slab)
         prob, mask = map_back_ear(
-            nib.load(self.inputs.probs[i]), nib.load(self.inputs.masks[i]), slab
+            nib.load(self.inputs.probs[i]),
+            nib.load(self.inputs.masks[i]),
+            slab,
+            threshold=self.inputs.threshold,
         )
         cwd = Path(runtime.cwd)
         for key, data, dtype in (("prob", prob, np.float32), ("mask", mask, np.uint8)):

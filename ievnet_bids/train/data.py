@@ -502,6 +502,15 @@ def worker_init_fn(worker_id: int) -> None:
     np.random.seed(base % 2**32)
     torch.manual_seed(base)
     torch.set_num_threads(1)
+    # One BLAS thread per worker too: the phantom renderer's separable resampling is BLAS
+    # work, and N workers × one BLAS thread per core oversubscribe the machine (on a 16-core
+    # GPU node, 15 workers without this limit delivered one phantom per ~9 s each, against
+    # ~1 s for a lone process on a 2-core machine).
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: BLAS keeps its default thread count
+        return
+    threadpool_limits(1)
 
 
 def make_loader(

@@ -54,6 +54,7 @@ def init_slab_wf(
     localizer: str = "auto",
     landmarks: Mapping[str, Sequence[float]] | None = None,
     device: str = "auto",
+    tta: bool = False,
     omp_nthreads: int = 1,
     name: str = "slab_wf",
 ) -> pe.Workflow:
@@ -80,7 +81,7 @@ def init_slab_wf(
         n_procs=omp_nthreads,
     )
     segment = pe.Node(
-        SegmentEars(model=str(model), device=device, omp_nthreads=omp_nthreads),
+        SegmentEars(model=str(model), device=device, tta=tta, omp_nthreads=omp_nthreads),
         name="segment",
         mem_gb=3.0,
         n_procs=omp_nthreads,
@@ -114,7 +115,8 @@ def init_slab_wf(
             (extract, merge_rois, [("roi", f"in{i}")]),
             (extract, ds_slab, [("touches_edge", f"{side}_touches_edge")]),
             (inputnode, map_back, [("slab", "slab")]),
-            (segment, map_back, [("probs", "probs"), ("masks", "masks")]),
+            (segment, map_back, [("probs", "probs"), ("masks", "masks"),
+                                 ("threshold", "threshold")]),
             (map_back, ds_slab, [("prob", f"{side}_prob"), ("mask", f"{side}_mask")]),
             (extract, report, [("touches_edge", f"{side}_touches_edge")]),
             (map_back, report, [("mask", f"{side}_mask")]),
@@ -138,6 +140,7 @@ def init_participant_wf(
             localizer=config.localizer,
             landmarks=landmarks,
             device=config.device,
+            tta=config.tta,
             omp_nthreads=config.omp_nthreads,
             name=f"slab{k}_{_safe(Path(slab).name.split('.')[0])}_wf",
         )
