@@ -74,7 +74,7 @@ class RunConfig:
     mem_gb: float | None = None
     model: Path | None = None
     device: Device = "auto"
-    tta: bool = False
+    tta: bool = True  # flip test-time augmentation
     localizer: Localizer = "auto"
     landmarks_file: Path | None = None
     skip_bids_validation: bool = False

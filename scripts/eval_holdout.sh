@@ -3,6 +3,7 @@
 # training) with the project's own command-line tools, as a user would:
 #
 #   scripts/eval_holdout.sh [MODEL] [OUT] [COUNT]
+#   SEGMENT_ARGS=--no-tta scripts/eval_holdout.sh …   # without flip TTA (the default is with)
 #
 # MODEL defaults to the shipped model, OUT to runs/holdout, COUNT to 50 ears (alternating
 # left/right; a third in random contrast). Writes OUT/holdout_metrics.tsv (per ear: Dice, HD,
@@ -21,7 +22,8 @@ if [[ ! -f $OUT/masks/holdout-$(printf %04d $((COUNT - 1)))_desc-right.nii.gz &&
 fi
 model_args=()
 [[ -n $MODEL ]] && model_args=(--model "$MODEL")
-"$BIN/ievnet-segment" "$OUT"/images/*.nii.gz -o "$OUT/pred" "${model_args[@]}"
+# shellcheck disable=SC2086  # SEGMENT_ARGS: extra ievnet-segment options, word-split on purpose
+"$BIN/ievnet-segment" "$OUT"/images/*.nii.gz -o "$OUT/pred" "${model_args[@]}" ${SEGMENT_ARGS:-}
 "$BIN/ievnet-eval" --pred "$OUT/pred" --ref "$OUT/masks" --pred-suffix _mask \
   --out "$OUT/holdout_metrics.tsv"
 "$BIN/python" scripts/holdout_structures.py "$OUT" > "$OUT/holdout_structures.txt"

@@ -31,7 +31,7 @@ def _stats(values: list[float]) -> dict[str, float | int | None]:
     return {**rounded, "n_finite": s["n_finite"], "n": s["n"]}
 
 
-def holdout_metrics(holdout: Path) -> dict:
+def holdout_metrics(holdout: Path, inference: str) -> dict:
     rows = read_tsv(holdout / "holdout_structures.tsv")
     structures = [k for k in rows[0] if k.endswith(("_recall", "_dice")) and k != "dice"]
     out: dict = {"cases": len(rows), "seed_start": 10_000_000}
@@ -47,6 +47,7 @@ def holdout_metrics(holdout: Path) -> dict:
     for contrast in sorted({r["contrast"] for r in rows}):
         out[f"{contrast}_contrast"] = block([r for r in rows if r["contrast"] == contrast])
     out["tool"] = "scripts/eval_holdout.sh (ievnet-synth holdout → ievnet-segment → ievnet-eval)"
+    out["inference"] = inference
     return out
 
 
@@ -55,12 +56,20 @@ def main() -> None:
     p.add_argument("weights", type=Path, help="RUN/last.safetensors or RUN/best.safetensors")
     p.add_argument("holdout", type=Path, help="folder evaluated by scripts/eval_holdout.sh")
     p.add_argument("--note", default=None, help="replaces training.notes in the card")
+    p.add_argument(
+        "--inference",
+        default="flip TTA (the ievnet-segment and ievnet-bids default), threshold 0.5",
+        help="how the hold-out was segmented (recorded in the card)",
+    )
+    p.add_argument("--version", default=None, help="replaces the card's model version")
     args = p.parse_args()
     card_src = args.weights.with_name(args.weights.stem + ".model_card.json")
     card = json.loads(card_src.read_text())
-    card.setdefault("metrics", {})["holdout"] = holdout_metrics(args.holdout)
+    card.setdefault("metrics", {})["holdout"] = holdout_metrics(args.holdout, args.inference)
     if args.note:
         card["training"]["notes"] = args.note
+    if args.version:
+        card["version"] = args.version
     dest = default_model_path()
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.copyfile(args.weights, tmp)

@@ -49,6 +49,12 @@ def test_defaults(dirs):
     assert cfg.acq_values == DEFAULT_ACQ
     assert (cfg.device, cfg.localizer, cfg.model, cfg.verbose) == ("auto", "auto", None, 0)
     assert 1 <= cfg.omp_nthreads <= min(cfg.nprocs, 8)
+    assert cfg.tta is True
+
+
+def test_no_tta(dirs):
+    assert parse_args(_args(dirs, "--no-tta")).tta is False
+    assert RunConfig.from_dict(parse_args(_args(dirs, "--no-tta")).to_dict()).tta is False
 
 
 def test_participant_and_session_labels(dirs):

@@ -62,7 +62,8 @@ def test_on_grid_input_with_prob(tmp_path, model_path, capsys) -> None:
     prob = prob_img.get_fdata(dtype=np.float32)
     # raw probability of the model, no resampling on an ROI grid
     model, card = load_model(model_path)
-    np.testing.assert_allclose(prob, Segmenter(model, card, device="cpu").predict_proba(data))
+    segmenter = Segmenter(model, card, device="cpu", tta_flip=True)  # the default
+    np.testing.assert_allclose(prob, segmenter.predict_proba(data))
     expected, _ = threshold_and_clean(prob, 0.2, card.threshold)
     np.testing.assert_array_equal(np.asarray(mask_img.dataobj), expected)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp files

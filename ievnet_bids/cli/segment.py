@@ -152,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-prob", action="store_true", help="also write <name>_prob.nii.gz (float32)"
     )
     p.add_argument(
-        "--tta", action="store_true", help="average with the left-right flipped prediction"
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="average with the left-right flipped prediction (as ievnet-bids does); "
+        "--no-tta: one pass, as the published IE-Vnet",
     )
     p.add_argument("--omp-nthreads", type=int, metavar="N", help="CPU threads for torch")
     p.add_argument(
