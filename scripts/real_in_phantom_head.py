@@ -67,7 +67,7 @@ def direct_masks(samples: Path, grids: dict[str, RoiGrid], slab: nib.Nifti1Image
     from ievnet_bids.resources import default_model_path
 
     model, card = load_model(default_model_path())
-    seg = Segmenter(model, card, device="cpu")
+    seg = Segmenter(model, card, device="cpu", tta_flip=True)  # as the participant level
     slab_grid = RoiGrid(slab.shape[:3], slab.affine)
     out = {}
     for side, name in CROPS.items():
