@@ -43,11 +43,13 @@ def stage_slab_outputs(
     model_sha256: str,
     localizer: str,
     head: Path | None = None,
+    inference: dict[str, Any] | None = None,
 ) -> tuple[dict[Path, Path], list[dict[str, Any]]]:
     """Write all derivatives of ``slab`` into ``stage_dir``.
 
     ``ears[side]`` holds ``prob`` and ``mask`` (native-grid NIfTI paths), ``centre_mm``,
-    ``moved_mm`` and ``touches_edge``. Returns ``({staged: destination}, volume rows)``.
+    ``moved_mm`` and ``touches_edge``; ``inference`` (e.g. ``ProbabilityThreshold``,
+    ``FlipTTA``) goes into every sidecar. Returns ``({staged: destination}, volume rows)``.
     """
     slab_img = nib.load(str(slab))
     voxel_mm3 = float(np.prod(slab_img.header.get_zooms()[:3]))
@@ -68,6 +70,7 @@ def stage_slab_outputs(
             "centre_mm": ear["centre_mm"],
             "localizer": localizer,
             "extra_sources": extra,
+            "inference": inference,
         }
         staging.nifti(
             image_like(mask, slab_img, np.uint8),
@@ -115,6 +118,7 @@ def stage_slab_outputs(
             centre_mm=None,
             localizer=localizer,
             extra_sources=extra,
+            inference=inference,
         ),
         suffix="dseg",
         extension=".nii.gz",

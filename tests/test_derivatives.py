@@ -94,6 +94,7 @@ def test_bids_uri_and_mask_sidecar(tmp_path):
         centre_mm=np.array([-41.25, -20.0, -30.5]),
         localizer="template",
         extra_sources=[bids / HEAD],
+        inference={"ProbabilityThreshold": 0.5, "FlipTTA": True},
     )
     assert side == {
         "Type": "ROI",
@@ -104,6 +105,8 @@ def test_bids_uri_and_mask_sidecar(tmp_path):
         "ModelName": "ievnet_default",
         "ModelSHA256": "ab" * 32,
         "Localizer": "template",
+        "ProbabilityThreshold": 0.5,
+        "FlipTTA": True,
         "CentreMM": [-41.25, -20.0, -30.5],
     }
     json.dumps(side)  # plain JSON types

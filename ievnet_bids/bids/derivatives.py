@@ -135,12 +135,14 @@ def segmentation_sidecar(
     extra_sources: Sequence[str | Path] = (),
     dataset_root: str | Path | None = None,
     dataset_name: str = "raw",
+    inference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Sidecar of a ``space-orig`` segmentation (mask, probseg, dseg) of ``source``.
 
     ``Sources``: BIDS URIs of ``source`` and ``extra_sources`` (e.g. the head image used for
     localization); ``SpatialReference``: ``source``'s URI. ``centre_mm``: ROI centre in
-    scanner mm (``side`` given) or ``None``.
+    scanner mm (``side`` given) or ``None``. ``inference``: extra provenance keys such as
+    ``ProbabilityThreshold`` and ``FlipTTA``.
     """
     root = Path(dataset_root) if dataset_root is not None else dataset_root_of(source)
     src = bids_uri(source, root, dataset_name)
@@ -157,6 +159,7 @@ def segmentation_sidecar(
     out["ModelName"] = model_name
     out["ModelSHA256"] = model_sha256
     out["Localizer"] = localizer
+    out.update(inference or {})
     if centre_mm is not None:
         centre = [float(v) for v in centre_mm]
         if len(centre) != 3 or not all(math.isfinite(v) for v in centre):
@@ -175,6 +178,7 @@ def mask_sidecar(
     localizer: str,
     extra_sources: Sequence[str | Path] = (),
     dataset_root: str | Path | None = None,
+    inference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Sidecar of a ``label-TFS_desc-<side>_mask``: ``Type: "ROI"`` plus provenance."""
     return {
@@ -188,6 +192,7 @@ def mask_sidecar(
             localizer=localizer,
             extra_sources=extra_sources,
             dataset_root=dataset_root,
+            inference=inference,
         ),
     }
 

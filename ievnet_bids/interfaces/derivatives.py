@@ -69,6 +69,10 @@ class SlabDerivativesSink(SimpleInterface):
             model_sha256=seg["model_sha256"],
             localizer=centres["localizer"],
             head=Path(self.inputs.head) if self.inputs.head else None,
+            inference={
+                "ProbabilityThreshold": seg.get("threshold", 0.5),
+                "FlipTTA": bool(seg.get("tta_flip", False)),
+            },
         )
         publish(staged)
         self._results["out_files"] = [str(d) for d in staged.values()]
