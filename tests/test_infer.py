@@ -63,6 +63,13 @@ def test_full_roi_pad_crop_is_exact_voxel_for_voxel() -> None:
     np.testing.assert_allclose(prob, _sigmoid(_minmax(vol)), atol=1e-6)
 
 
+def test_default_batch_is_one_volume_per_pass_on_cpu() -> None:
+    stub = Recorder()
+    seg = Segmenter(stub, default_card(), device="cpu", tta_flip=True)
+    seg.predict_proba(np.ones((2, 40, 30, 20), np.float32))
+    assert [tuple(x.shape[:2]) for x in stub.seen] == [(1, 1)] * 4  # 2 ears × (plain, mirror)
+
+
 def test_batches_single_volume_and_odd_shapes() -> None:
     rng = np.random.default_rng(1)
     vols = rng.normal(size=(3, 47, 39, 31)).astype(np.float32)
@@ -95,7 +102,7 @@ def test_softmax_returns_tfs_channel() -> None:
 def test_flip_tta_averages_mirror() -> None:
     vol = np.random.default_rng(3).random((20, 18, 16)).astype(np.float32)
     stub = Recorder()
-    seg = Segmenter(stub, default_card(), device="cpu", tta_flip=True)
+    seg = Segmenter(stub, default_card(), device="cpu", tta_flip=True, batch_size=2)
     seg.predict_proba(vol)
     a, b = (x[0, 0].numpy() for x in stub.seen[0])  # both views in one batch
     np.testing.assert_array_equal(a[::-1], b)

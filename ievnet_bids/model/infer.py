@@ -48,6 +48,9 @@ def normalize(volume: np.ndarray, method: str) -> np.ndarray:
     raise ValueError(f"unknown normalisation {method!r}")
 
 
+DEFAULT_CUDA_BATCH = 8
+
+
 class Segmenter:
     """Total-fluid-space probability for ROI volumes with a loaded model.
 
@@ -55,7 +58,8 @@ class Segmenter:
     runs under bf16 autocast when supported (``amp``); ``channels_last`` uses the
     ``channels_last_3d`` memory format (off by default: measure it with
     ``benchmarks/bench_inference.py``).  ``tta_flip`` averages the prediction of each volume
-    with that of its left-right (x) mirror, flipped back.  ``omp_threads`` calls
+    with that of its left-right (x) mirror, flipped back.  ``batch_size``: volumes per forward
+    pass (default: 1 on CPU, faster and lighter there; 8 on CUDA).  ``omp_threads`` calls
     ``torch.set_num_threads``.  The model is put in eval mode (dropout inactive).
     """
 
@@ -65,7 +69,7 @@ class Segmenter:
         card: ModelCard,
         device: str | torch.device = "auto",
         tta_flip: bool = False,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         omp_threads: int | None = None,
         *,
         amp: bool | None = None,
@@ -73,7 +77,7 @@ class Segmenter:
     ) -> None:
         if card.in_channels != 1:
             raise ValueError(f"Segmenter supports one input channel, card has {card.in_channels}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if omp_threads is not None:
             if omp_threads < 1:
@@ -82,6 +86,11 @@ class Segmenter:
         self.card = card
         self.device = resolve_device(device)
         self.tta_flip = bool(tta_flip)
+        if batch_size is None:
+            # CPU: one volume per forward pass; measured on 2 cores, two ears with flip TTA
+            # took 2.6 s at batch 1 against 3.2 s at batch 4, with half the peak memory
+            # (1.0 against 2.0 GB); a GPU is fed both ears (and their mirrors) at once
+            batch_size = DEFAULT_CUDA_BATCH if self.device.type == "cuda" else 1
         self.batch_size = int(batch_size)
         cuda = self.device.type == "cuda"
         self.amp = bool(cuda and torch.cuda.is_bf16_supported()) if amp is None else bool(amp)
