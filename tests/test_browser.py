@@ -119,6 +119,7 @@ def test_subject_report_in_chromium(reports):
         "ses-1_acq-space",
         "ses-2_acq-space",
         ModelCard.from_json(card_path_for(default_model_path())).name,  # the shipped model
+        "threshold 0.5; flip TTA on",
         "template",
         "QC flags",
         "Volumes",

@@ -152,7 +152,12 @@ def stage_slab_report(
             key: centres.get(key)
             for key in ("localizer", "initial", "refined", "moved_mm", "method", "score", "seconds")
         },
-        "model": {"name": segment.get("model_name"), "sha256": segment.get("model_sha256")},
+        "model": {
+            "name": segment.get("model_name"),
+            "sha256": segment.get("model_sha256"),
+            "threshold": segment.get("threshold"),
+            "tta_flip": segment.get("tta_flip"),
+        },
         "thresholds": Q.thresholds(),
         "ears": records,
         "figures": figures,
