@@ -27,6 +27,17 @@ Localizer = Literal["auto", "template", "detect", "landmarks"]
 
 ANALYSIS_LEVELS: tuple[str, ...] = ("participant", "group")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+
+def autocast_setting(precision: str) -> bool | None:
+    """``Segmenter(amp=…)`` of a ``--precision``: auto → None (bf16 on CUDA, fp32 on CPU)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return {"auto": None, "fp32": False, "bf16": True}[precision]
+
+
 LOCALIZERS: tuple[str, ...] = ("auto", "template", "detect", "landmarks")
 ROLES: tuple[str, ...] = ("slab", "head")
 """Image roles of ``--bids-filter-file``: the inner-ear slab (target) and the full head."""
@@ -75,6 +86,7 @@ class RunConfig:
     model: Path | None = None
     device: Device = "auto"
     tta: bool = True  # flip test-time augmentation
+    precision: Precision = "auto"
     localizer: Localizer = "auto"
     landmarks_file: Path | None = None
     skip_bids_validation: bool = False
@@ -91,6 +103,8 @@ class RunConfig:
             raise ValueError(f"analysis_level must be one of {ANALYSIS_LEVELS}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
         if self.localizer not in LOCALIZERS:
             raise ValueError(f"localizer must be one of {LOCALIZERS}")
         unknown = set(self.bids_filters) - set(ROLES)

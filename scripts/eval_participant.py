@@ -58,17 +58,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, help="weights (default: the shipped model)")
     p.add_argument("--root", type=Path, default=Path("runs/eval_participant"))
     p.add_argument("--nprocs", type=int, default=2)
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument(
+        "--tta", action=argparse.BooleanOptionalAction, default=True, help="flip TTA (default on)"
+    )
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     args = p.parse_args(argv)
     bids, truth = args.root / "bids", args.root / "truth"
     if not (bids / "dataset_description.json").is_file():
         write_bids_dataset(bids, truth, n_subjects=2, sessions=[2, 1], seed=TEST_DATASET_SEED)
     tag = (args.model.parent.name + "-" + args.model.stem if args.model else "shipped") + (
-        "-tta" if args.tta else ""
+        "" if args.tta else "-notta"
     )
+    tag += "" if args.precision == "auto" else f"-{args.precision}"
     out, work = args.root / f"out-{tag}", args.root / f"work-{tag}"
     shutil.rmtree(out, ignore_errors=True)
-    extra = (["--model", str(args.model)] if args.model else []) + (["--tta"] if args.tta else [])
+    extra = ["--model", str(args.model)] if args.model else []
+    extra += ["--tta" if args.tta else "--no-tta", "--precision", args.precision]
     rc = run_main(
         [str(bids), str(out), "participant", "-w", str(work), "--nprocs", str(args.nprocs), *extra]
     )

@@ -52,6 +52,12 @@ def test_defaults(dirs):
     assert cfg.tta is True
 
 
+def test_precision(dirs, capsys):
+    assert parse_args(_args(dirs)).precision == "auto"
+    assert parse_args(_args(dirs, "--precision", "bf16")).precision == "bf16"
+    assert "--precision" in _usage_error(capsys, _args(dirs, "--precision", "fp16"))
+
+
 def test_no_tta(dirs):
     assert parse_args(_args(dirs, "--no-tta")).tta is False
     assert RunConfig.from_dict(parse_args(_args(dirs, "--no-tta")).to_dict()).tta is False

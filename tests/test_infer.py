@@ -120,6 +120,24 @@ def test_real_unet_flip_tta_symmetry_and_eval_mode() -> None:
     np.testing.assert_array_equal(seg.predict_proba(x), p)  # deterministic: no dropout
 
 
+def test_cpu_bf16_autocast_is_opt_in_and_close_to_fp32() -> None:
+    torch.manual_seed(0)
+    model = build_network()
+    dtypes: list[torch.dtype] = []
+    model.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    x = np.random.default_rng(6).random((48, 40, 32)).astype(np.float32)
+    fp32 = Segmenter(model, default_card(), device="cpu")
+    assert fp32.amp is False
+    p32 = fp32.predict_proba(x)
+    bf16 = Segmenter(model, default_card(), device="cpu", amp=True)
+    p16 = bf16.predict_proba(x)
+    assert dtypes == [torch.float32, torch.bfloat16]  # the network ran under autocast
+    assert p16.dtype == np.float32
+    diff = np.abs(p16 - p32)  # bf16 keeps ~3 significant digits
+    assert diff.mean() < 0.005 and diff.max() < 0.05, (diff.mean(), diff.max())
+    assert not np.array_equal(p16, p32)
+
+
 def test_real_unet_full_roi_once() -> None:
     torch.manual_seed(0)
     seg = Segmenter(build_network(), default_card(), device="cpu", batch_size=1)

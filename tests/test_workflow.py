@@ -26,3 +26,8 @@ def test_tta_option_reaches_the_segment_node(tmp_path: Path) -> None:
     for tta in (False, True):
         wf = init_slab_wf(output_dir=tmp_path, model=MODEL, tta=tta)
         assert wf.get_node("segment").inputs.tta is tta
+
+
+def test_precision_reaches_the_segment_node(tmp_path: Path) -> None:
+    wf = init_slab_wf(output_dir=tmp_path, model=MODEL, precision="bf16")
+    assert wf.get_node("segment").inputs.precision == "bf16"

@@ -158,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="average with the left-right flipped prediction (as ievnet-bids does); "
         "--no-tta: one pass, as the published IE-Vnet",
     )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="network arithmetic: auto = bf16 autocast on a GPU, fp32 on CPU; bf16 on CPU is "
+        "about 2x faster on CPUs with AMX/AVX512-BF16, slow on others",
+    )
     p.add_argument("--omp-nthreads", type=int, metavar="N", help="CPU threads for torch")
     p.add_argument(
         "--threshold", type=float, help="probability threshold (default: model card, 0.5)"
@@ -204,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not model_path.is_file():
         return fail(f"model file not found: {model_path}", EXIT_NO_MODEL)
 
+    from ievnet_bids.config import autocast_setting
     from ievnet_bids.model.infer import Segmenter
     from ievnet_bids.model.weights import load_model
     from ievnet_bids.postprocess import threshold_and_clean
@@ -217,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tta_flip=args.tta,
             batch_size=1,
             omp_threads=args.omp_nthreads,
+            amp=autocast_setting(args.precision),
         )
     except ValueError as exc:
         return fail(_one_line(exc), EXIT_BAD_INPUT)

@@ -94,6 +94,7 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True)
     omp_nthreads = traits.Int(1, usedefault=True)
     tta = traits.Bool(False, usedefault=True, desc="average with the left-right flipped input")
+    precision = traits.Enum("auto", "fp32", "bf16", usedefault=True, desc="network arithmetic")
 
 
 class _SegmentOutputSpec(TraitedSpec):
@@ -113,6 +114,7 @@ class SegmentEars(SimpleInterface):
         import nibabel as nib
         import numpy as np
 
+        from ievnet_bids.config import autocast_setting
         from ievnet_bids.model.infer import Segmenter
         from ievnet_bids.model.weights import load_model, sha256_file
         from ievnet_bids.segmentation import EarRoi, grid_of, save_ear, segment_ears
@@ -125,6 +127,7 @@ class SegmentEars(SimpleInterface):
             device=self.inputs.device,
             tta_flip=self.inputs.tta,
             omp_threads=self.inputs.omp_nthreads,
+            amp=autocast_setting(self.inputs.precision),
         )
         ears = []
         for side, path in zip(SIDES, self.inputs.rois, strict=True):
@@ -144,6 +147,7 @@ class SegmentEars(SimpleInterface):
             "model_sha256": card.weights_sha256 or sha256_file(self.inputs.model),
             "threshold": card.threshold,
             "tta_flip": bool(self.inputs.tta),
+            "bf16": bool(segmenter.amp),
             "ears": {ear.side: ear.info for ear in ears},
         }
         (cwd / "segment.json").write_text(json.dumps(out, indent=2, default=str))

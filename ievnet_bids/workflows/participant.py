@@ -55,6 +55,7 @@ def init_slab_wf(
     landmarks: Mapping[str, Sequence[float]] | None = None,
     device: str = "auto",
     tta: bool = False,
+    precision: str = "auto",
     omp_nthreads: int = 1,
     name: str = "slab_wf",
 ) -> pe.Workflow:
@@ -81,7 +82,13 @@ def init_slab_wf(
         n_procs=omp_nthreads,
     )
     segment = pe.Node(
-        SegmentEars(model=str(model), device=device, tta=tta, omp_nthreads=omp_nthreads),
+        SegmentEars(
+            model=str(model),
+            device=device,
+            tta=tta,
+            precision=precision,
+            omp_nthreads=omp_nthreads,
+        ),
         name="segment",
         mem_gb=3.0,
         n_procs=omp_nthreads,
@@ -141,6 +148,7 @@ def init_participant_wf(
             landmarks=landmarks,
             device=config.device,
             tta=config.tta,
+            precision=config.precision,
             omp_nthreads=config.omp_nthreads,
             name=f"slab{k}_{_safe(Path(slab).name.split('.')[0])}_wf",
         )
