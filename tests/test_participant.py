@@ -122,6 +122,7 @@ def test_masks_overlay_the_source_grid_exactly(run):
             assert sidecar["Type"] == "ROI" and sidecar["Side"] == side
             assert sidecar["SpatialReference"].startswith("bids:raw:")
             assert sidecar["FlipTTA"] is True and sidecar["ProbabilityThreshold"] == 0.5
+            assert sidecar["NetworkPrecision"] == "fp32"  # CPU default
 
 
 def test_outputs_pass_the_bids_validator(run):

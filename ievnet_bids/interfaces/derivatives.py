@@ -72,6 +72,7 @@ class SlabDerivativesSink(SimpleInterface):
             inference={
                 "ProbabilityThreshold": seg.get("threshold", 0.5),
                 "FlipTTA": bool(seg.get("tta_flip", False)),
+                "NetworkPrecision": "bf16" if seg.get("bf16") else "fp32",
             },
         )
         publish(staged)
