@@ -168,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="flip test-time augmentation: average each ear's prediction with that of its "
-        "left-right mirror (twice the network time, ~0.5 s per ear on 2 CPU cores; "
-        "--no-tta for the plain prediction)",
+        help="flip test-time augmentation, on by default: average each ear's prediction with "
+        "that of its left-right mirror (twice the network time, ~0.5 s per ear on 2 CPU "
+        "cores); --no-tta for the plain prediction",
     )
     g.add_argument(
         "--localizer",
