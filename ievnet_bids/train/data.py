@@ -365,7 +365,9 @@ class TrainStream(IterableDataset):
 
     Deterministic for (``seed``, ``start_step``, loader worker) given the same pool files.
     With ``spatial`` None the samples are padded full ROIs (spatial augmentation and the
-    crop are then applied on the training device).
+    crop are then applied on the training device).  ``reuse`` > 1 keeps up to ``reservoir``
+    loaded samples per worker and uses each about ``reuse`` times (augmented anew each time),
+    for a GPU that trains faster than the workers render phantoms.
     """
 
     def __init__(
