@@ -144,6 +144,14 @@ def test_init_starts_from_given_weights(tmp_path, phantoms) -> None:
     _, card_b = load_model(tuned / "best.safetensors")
     assert card_b.training["initialised_from"].startswith("best.safetensors (sha256 ")
     assert abs(card_b.metrics["val_dice"] - card_a.metrics["val_dice"]) < 0.02
+    # a .pth with MONAI 0.3 key names (the official checkpoint's layout) starts the same way
+    from ievnet_bids.model.weights import load_state_dict_file, to_monai03_keys
+
+    old_layout = tmp_path / "old_layout.pth"
+    torch.save(to_monai03_keys(load_state_dict_file(first)), old_layout)
+    train(_config(tmp_path / "e", phantoms, steps=1, val_every=1, lr=1e-12, init=old_layout))
+    _, card_e = load_model(tmp_path / "e" / "best.safetensors")
+    assert card_e.metrics["val_dice"] == card_b.metrics["val_dice"]
     with pytest.raises(ValueError, match=r"--init: .*do not match"):
         train(_config(tmp_path / "c", phantoms, steps=1, init=first, out_channels=2))
     with pytest.raises(ValueError, match=r"--init: .*not found"):

@@ -652,13 +652,13 @@ def train(config: TrainConfig) -> Path:
 
 def _init_weights(config: TrainConfig, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """State dict of ``config.init`` for ``model``; :class:`TrainError` if it does not fit."""
-    from ievnet_bids.model.weights import WeightsError, check_state_dict, load_state_dict_file
+    from ievnet_bids.model.weights import WeightsError, convert_monai03_keys, load_state_dict_file
 
     assert config.init is not None
-    reference = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    try:
-        state = load_state_dict_file(config.init)
-        check_state_dict(state, reference, source=config.init)
+    try:  # our safetensors, or a .pth such as the official checkpoint (MONAI 0.3 key names)
+        state = convert_monai03_keys(
+            load_state_dict_file(config.init), model.state_dict(), source=config.init
+        )
     except WeightsError as exc:
         raise TrainError(f"--init: {exc}") from None
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
