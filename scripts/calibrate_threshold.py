@@ -36,6 +36,7 @@ from ievnet_bids.train.pool import load_sample, phantom_settings
 
 CALIB_SEED_START = VAL_SEED_START + 100_000
 THRESHOLDS = np.round(np.arange(0.30, 0.801, 0.05), 2)
+AT_HALF = int(np.flatnonzero(THRESHOLDS == 0.5)[0])  # column of the default threshold
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                 mask, _ = threshold_and_clean(prob, card.roi_spacing_mm, float(t))
                 scores[tta][i, j] = dice(mask > 0, ref)
                 vols[tta][i, j] = mask.sum() / ref.sum() - 1
-        print(f"{path.name}: {contrast[-1]}, Dice at 0.5 {scores[False][i, 4]:.4f}", flush=True)
+        at_half = scores[False][i, AT_HALF]
+        print(f"{path.name}: {contrast[-1]}, Dice at 0.5 {at_half:.4f}", flush=True)
 
     groups = {
         "all": np.ones(len(paths), bool),
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         best = int(np.argmax(scores[tta][groups["space"]].mean(0)))
         print(f"best for SPACE-like: threshold {THRESHOLDS[best]:.2f}, "
               f"Dice {scores[tta][groups['space'], best].mean():.4f} "
-              f"(0.50: {scores[tta][groups['space'], 4].mean():.4f})")  # fmt: skip
+              f"(0.50: {scores[tta][groups['space'], AT_HALF].mean():.4f})")  # fmt: skip
     return 0
 
 

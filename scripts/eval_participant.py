@@ -5,7 +5,7 @@
 Builds (once) the dataset the participant tests use (``tests/conftest.py``: 2 subjects,
 3 sessions, seed 11, 0.5 mm slabs), runs ``ievnet-bids … participant`` with the given model,
 and prints per ear: Dice against the phantom ground truth on the slab grid, predicted and
-true volume (mm³), and the distance of the found ear centre to the truth's.
+true volume (mm³), and the localizer used.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from holdout_structures import read_tsv  # scripts/ (the script's folder)
 
 from ievnet_bids.cli.run import main as run_main
+from ievnet_bids.config import PRECISIONS
 from ievnet_bids.metrics import dice
 from ievnet_bids.synth.head import write_bids_dataset
 
@@ -34,8 +36,8 @@ def score(bids: Path, truth: Path, out: Path) -> list[dict[str, object]]:
         prefix = slab.name.split("_acq-")[0]
         anat = out / slab.parent.relative_to(bids)
         voxel_mm3 = float(np.prod(nib.load(slab).header.get_zooms()[:3]))
-        with (anat / f"{prefix}_acq-space_desc-tfs_volumes.tsv").open() as fh:
-            table = {r["side"]: r for r in csv.DictReader(fh, delimiter="\t")}
+        volumes = read_tsv(anat / f"{prefix}_acq-space_desc-tfs_volumes.tsv")
+        table = {r["side"]: r for r in volumes}
         for side in SIDES:
             name = f"{prefix}_acq-space_space-orig_label-TFS_desc-{side}_mask.nii.gz"
             pred = np.asanyarray(nib.load(anat / name).dataobj) > 0
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, default=True, help="flip TTA (default on)"
     )
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
     args = p.parse_args(argv)
     bids, truth = args.root / "bids", args.root / "truth"
     if not (bids / "dataset_description.json").is_file():

@@ -24,6 +24,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from ievnet_bids.config import PRECISIONS, autocast_setting
 from ievnet_bids.geometry.extract import extract_roi, map_back, roi_grid_for
 from ievnet_bids.geometry.roi import RoiGrid
 
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
         default="auto",
         help="network arithmetic: auto = bf16 autocast on a GPU, fp32 on CPU; bf16 on CPU is "
         "about 2x faster on CPUs with AMX/AVX512-BF16, slow on others",
@@ -211,7 +212,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not model_path.is_file():
         return fail(f"model file not found: {model_path}", EXIT_NO_MODEL)
 
-    from ievnet_bids.config import autocast_setting
     from ievnet_bids.model.infer import Segmenter
     from ievnet_bids.model.weights import load_model
     from ievnet_bids.postprocess import threshold_and_clean

@@ -69,11 +69,7 @@ class SlabDerivativesSink(SimpleInterface):
             model_sha256=seg["model_sha256"],
             localizer=centres["localizer"],
             head=Path(self.inputs.head) if self.inputs.head else None,
-            inference={
-                "ProbabilityThreshold": seg.get("threshold", 0.5),
-                "FlipTTA": bool(seg.get("tta_flip", False)),
-                "NetworkPrecision": "bf16" if seg.get("bf16") else "fp32",
-            },
+            inference=seg["inference"],
         )
         publish(staged)
         self._results["out_files"] = [str(d) for d in staged.values()]

@@ -14,6 +14,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ievnet_bids.config import PRECISIONS, autocast_setting
+
 SIDES = ("left", "right")
 
 
@@ -93,8 +95,8 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
     model = File(exists=True, mandatory=True, desc="model weights (safetensors or .pth)")
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True)
     omp_nthreads = traits.Int(1, usedefault=True)
-    tta = traits.Bool(False, usedefault=True, desc="average with the left-right flipped input")
-    precision = traits.Enum("auto", "fp32", "bf16", usedefault=True, desc="network arithmetic")
+    tta = traits.Bool(True, usedefault=True, desc="average with the left-right flipped input")
+    precision = traits.Enum(*PRECISIONS, usedefault=True, desc="network arithmetic")
 
 
 class _SegmentOutputSpec(TraitedSpec):
@@ -114,7 +116,6 @@ class SegmentEars(SimpleInterface):
         import nibabel as nib
         import numpy as np
 
-        from ievnet_bids.config import autocast_setting
         from ievnet_bids.model.infer import Segmenter
         from ievnet_bids.model.weights import load_model, sha256_file
         from ievnet_bids.segmentation import EarRoi, grid_of, save_ear, segment_ears
@@ -145,9 +146,12 @@ class SegmentEars(SimpleInterface):
         out = {
             "model_name": card.name,
             "model_sha256": card.weights_sha256 or sha256_file(self.inputs.model),
-            "threshold": card.threshold,
-            "tta_flip": bool(self.inputs.tta),
-            "bf16": bool(segmenter.amp),
+            # provenance of the masks, as the derivative sidecars carry it
+            "inference": {
+                "ProbabilityThreshold": card.threshold,
+                "FlipTTA": bool(self.inputs.tta),
+                "NetworkPrecision": "bf16" if segmenter.amp else "fp32",
+            },
             "ears": {ear.side: ear.info for ear in ears},
         }
         (cwd / "segment.json").write_text(json.dumps(out, indent=2, default=str))

@@ -87,13 +87,13 @@ class Segmenter:
         self.card = card
         self.device = resolve_device(device)
         self.tta_flip = bool(tta_flip)
+        cuda = self.device.type == "cuda"
         if batch_size is None:
             # CPU: one volume per forward pass; measured on 2 cores, two ears with flip TTA
             # took 2.6 s at batch 1 against 3.2 s at batch 4, with half the peak memory
             # (1.0 against 2.0 GB); a GPU is fed both ears (and their mirrors) at once
-            batch_size = DEFAULT_CUDA_BATCH if self.device.type == "cuda" else 1
+            batch_size = DEFAULT_CUDA_BATCH if cuda else 1
         self.batch_size = int(batch_size)
-        cuda = self.device.type == "cuda"
         # bf16 autocast: by default on CUDA (when supported); on CPU only when asked for
         # (fast on CPUs with AMX/AVX512-BF16, emulated and slow on others)
         self.amp = bool(cuda and torch.cuda.is_bf16_supported()) if amp is None else bool(amp)

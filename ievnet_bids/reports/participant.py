@@ -155,8 +155,8 @@ def stage_slab_report(
         "model": {
             "name": segment.get("model_name"),
             "sha256": segment.get("model_sha256"),
-            "threshold": segment.get("threshold"),
-            "tta_flip": segment.get("tta_flip"),
+            "threshold": segment.get("inference", {}).get("ProbabilityThreshold"),
+            "tta_flip": segment.get("inference", {}).get("FlipTTA"),
         },
         "thresholds": Q.thresholds(),
         "ears": records,

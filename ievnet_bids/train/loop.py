@@ -499,6 +499,7 @@ def train(config: TrainConfig) -> Path:
     )
 
     commit = git_commit()
+    initialised_from = _init_description(config)
 
     def training_info(steps_done: int, seconds: float) -> dict[str, Any]:
         return {
@@ -508,7 +509,7 @@ def train(config: TrainConfig) -> Path:
             "loss": f"{config.loss} (MONAI DiceLoss sigmoid, per sample and channel)"
             + (f", BCE weight {config.bce_weight:g}" if config.loss == "dicebce" else ""),
             "optimizer": f"Adam lr={config.lr}",
-            "initialised_from": _init_description(config),
+            "initialised_from": initialised_from,
             "seed": config.seed,
             "steps": steps_done,
             "batch_size": config.batch_size,

@@ -54,7 +54,7 @@ def init_slab_wf(
     localizer: str = "auto",
     landmarks: Mapping[str, Sequence[float]] | None = None,
     device: str = "auto",
-    tta: bool = False,
+    tta: bool = True,
     precision: str = "auto",
     omp_nthreads: int = 1,
     name: str = "slab_wf",
