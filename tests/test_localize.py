@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -22,7 +24,6 @@ from ievnet_bids.localize.register import (
 from ievnet_bids.synth.head import euler_rotation, write_bids_dataset
 from ievnet_bids.templates import load_template
 
-os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
 pytestmark = pytest.mark.xdist_group("localize")  # the dataset fixture is built once
 
 SEED = 5
@@ -43,6 +44,7 @@ def subject(tmp_path_factory) -> dict:
     return {
         "t1w": nib.load(rec["t1w"]),
         "t2w": nib.load(rec["t2w"]),
+        "paths": {"t1w": rec["t1w"], "t2w": rec["t2w"]},
         "truth": truth,
         "centres": {s: np.array(truth["ears"][s]["tfs_bbox_centre_mm"]) for s in SIDES},
     }
@@ -50,7 +52,7 @@ def subject(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def registered(subject):
-    return register_template(subject["t1w"], threads=2)
+    return register_template(subject["t1w"])
 
 
 # --------------------------------------------------------------------------- registration
@@ -82,7 +84,7 @@ def test_registration_recovers_a_known_transform_of_the_template():
     data = resample(np.asarray(t1.dataobj, np.float32), pose @ t1.affine, grid, order=1)
     head = nib.Nifti1Image(data, grid.affine)
 
-    tx = register_template(head, threads=2)
+    tx = register_template(head)
     print(f"\nknown-transform registration: {tx.seconds:.2f} s, scales {np.round(tx.scales, 3)}")
     pts = np.array([*landmarks.values(), *(pivot + 40 * np.eye(3)), *(pivot - 40 * np.eye(3))])
     err = np.linalg.norm(tx.apply(pts) - (pts @ rot.T + pose[:3, 3]), axis=1)
@@ -164,6 +166,44 @@ def test_registration_then_refinement(subject, registered):
         err = np.linalg.norm(r.refined_mm - subject["centres"][side])
         print(f"\n{side}: registration {r.moved_mm:.2f} mm off → refined error {err:.2f} mm")
         assert err < 2.0
+
+
+def _in_fresh_process(code: str, *args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_localization_is_identical_at_any_thread_count(subject):
+    """ITK is loaded on one thread, so the whole localization (registration + refinement)
+    gives the same centres and axes to the bit at 1 and 2 threads (with 2 ITK threads, two
+    runs differed by up to 0.1 mm)."""
+    code = (
+        "import json, sys; from pathlib import Path\n"
+        "from ievnet_bids.localize.ears import localize_ears\n"
+        "r = localize_ears(Path(sys.argv[1]), head=Path(sys.argv[2]), threads=int(sys.argv[3]))\n"
+        "print(json.dumps([r['refined'], r['head_axes'], r['registration']['single_threaded']]))"
+    )
+    paths = subject["paths"]
+    env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "2"}  # a user's setting
+    one, two = (
+        _in_fresh_process(code, str(paths["t2w"]), str(paths["t1w"]), str(t), env=env)
+        for t in (1, 2)
+    )
+    assert json.loads(one)[2] is True
+    assert one == two
+
+
+def test_itk_loaded_elsewhere_with_threads_is_reported():
+    code = (
+        "import os; os.environ.pop('ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS', None)\n"
+        "import ants\n"
+        "from ievnet_bids.localize.register import itk_single_threaded\n"
+        "print(itk_single_threaded())"
+    )
+    assert _in_fresh_process(code).strip() == "False"
 
 
 def test_detect_ears_from_the_slab_alone(subject):

@@ -9,7 +9,6 @@ workflow::
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,6 @@ def localize_ears(
     search_mm: float = 20.0,
 ) -> dict[str, Any]:
     """Locate both labyrinths in ``slab`` (world mm) and refine each by a ±``search_mm`` search."""
-    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(threads))
     from ievnet_bids.geometry.extract import head_rotation_from_affine
     from ievnet_bids.localize.refine import detect_ears, refine_centre
 
@@ -55,7 +53,7 @@ def localize_ears(
     if used == "template":
         from ievnet_bids.localize.register import register_template, template_ear_centres
 
-        transform = register_template(nib.load(str(head)), threads=threads)
+        transform = register_template(nib.load(str(head)))
         if not transform.info.get("plausible", True):
             raise LocalizationError(
                 f"{head}: template registration implausible (scales {transform.scales})"
@@ -66,6 +64,7 @@ def localize_ears(
             "affine": transform.affine.tolist(),
             "scales": list(transform.scales),
             "seconds": transform.seconds,
+            "single_threaded": transform.info["single_threaded"],
         }
     elif used == "landmarks":
         if not landmarks or set(landmarks) != set(SIDES):
