@@ -18,6 +18,7 @@ import pytest
 from ievnet_bids.cli.run import main
 from ievnet_bids.metrics import dice
 from ievnet_bids.resources import default_model_path
+from ievnet_bids.workflows.participant import versioned_work_dir
 
 pytestmark = [
     pytest.mark.xdist_group("participant"),
@@ -148,6 +149,8 @@ def test_rerun_reuses_cache_and_writes_identical_files(run):
     )
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
     assert _run(run["bids"], run["out"], run["work"]) == 0
+    # the cache of this release line only: another version's nodes are never reused
+    assert [p.name for p in run["work"].iterdir()] == [versioned_work_dir(run["work"]).name]
     for p, (content, mtime) in before.items():
         assert p.read_bytes() == content, p
         assert p.stat().st_mtime_ns == mtime, p  # identical files are not rewritten

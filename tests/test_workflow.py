@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ievnet_bids.resources import default_model_path
-from ievnet_bids.workflows.participant import init_slab_wf
+from ievnet_bids.workflows.participant import init_slab_wf, versioned_work_dir
 
 MODEL = default_model_path()  # must exist: the node checks the file
 
@@ -31,3 +31,9 @@ def test_tta_option_reaches_the_segment_node(tmp_path: Path) -> None:
 def test_precision_reaches_the_segment_node(tmp_path: Path) -> None:
     wf = init_slab_wf(output_dir=tmp_path, model=MODEL, precision="bf16")
     assert wf.get_node("segment").inputs.precision == "bf16"
+
+
+def test_work_dir_is_scoped_to_the_release_line(tmp_path: Path) -> None:
+    assert versioned_work_dir(tmp_path, "1.12.3rc1") == tmp_path / "ievnet_bids_1_12_wf"
+    assert versioned_work_dir(tmp_path, "2") == tmp_path / "ievnet_bids_2_0_wf"
+    assert versioned_work_dir(tmp_path, "1.12.0") != versioned_work_dir(tmp_path, "1.13.0")

@@ -301,6 +301,15 @@ def _unit_problem(
     return None, landmarks
 
 
+def versioned_work_dir(work_dir: Path, version: str | None = None) -> Path:
+    """``WORK/ievnet_bids_<major>_<minor>_wf``: the cache of this release line, so another
+    release never reuses nodes computed by different code (``version``: the package's)."""
+    if version is None:
+        from ievnet_bids import __version__ as version
+    major, minor = [*re.findall(r"\d+", version), "0", "0"][:2]
+    return Path(work_dir) / f"ievnet_bids_{major}_{minor}_wf"
+
+
 def run_unit(
     config: RunConfig,
     unit: SubjectInputs,
@@ -314,7 +323,7 @@ def run_unit(
     """
     start = time.time()
     wf = init_participant_wf(unit=unit, config=config, landmarks=landmarks)
-    wf.base_dir = str(config.work_dir)
+    wf.base_dir = str(versioned_work_dir(config.work_dir))
     _cap_memory(wf, mem_gb)
     crashes = crash_dir(config, unit)
     crashes.mkdir(parents=True, exist_ok=True)
