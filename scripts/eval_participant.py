@@ -1,11 +1,13 @@
 """Run the whole participant level on the synthetic full-head test dataset and score each ear.
 
     python scripts/eval_participant.py [--model WEIGHTS] [--root runs/eval_participant]
+    python scripts/eval_participant.py --root runs/slab-calib --seed 21 --subjects 8 --sessions 0
 
-Builds (once) the dataset the participant tests use (``tests/conftest.py``: 2 subjects,
-3 sessions, seed 11, 0.5 mm slabs), runs ``ievnet-bids … participant`` with the given model,
-and prints per ear: Dice against the phantom ground truth on the slab grid, predicted and
-true volume (mm³), and the localizer used.
+Builds (once, in ``ROOT``) the dataset the participant tests use (``tests/conftest.py``:
+2 subjects, 3 sessions, seed 11, 0.5 mm slabs) or, with ``--seed/--subjects/--sessions``,
+another one (a calibration set: never choose anything on the test dataset), runs
+``ievnet-bids … participant`` with the given model, and prints per ear: Dice against the
+phantom ground truth on the slab grid, predicted and true volume (mm³), and the localizer.
 """
 
 from __future__ import annotations
@@ -59,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, help="weights (default: the shipped model)")
     p.add_argument("--root", type=Path, default=Path("runs/eval_participant"))
+    p.add_argument("--seed", type=int, default=TEST_DATASET_SEED, help="dataset seed")
+    p.add_argument("--subjects", type=int, default=2)
+    p.add_argument(
+        "--sessions",
+        type=lambda v: [int(x) for x in v.split(",")] if v != "0" else None,
+        default=[2, 1],
+        help="sessions per subject, comma-separated (default 2,1); 0: no ses- entity",
+    )
     p.add_argument("--nprocs", type=int, default=2)
     p.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, default=True, help="flip TTA (default on)"
@@ -67,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     bids, truth = args.root / "bids", args.root / "truth"
     if not (bids / "dataset_description.json").is_file():
-        write_bids_dataset(bids, truth, n_subjects=2, sessions=[2, 1], seed=TEST_DATASET_SEED)
+        write_bids_dataset(
+            bids, truth, n_subjects=args.subjects, sessions=args.sessions, seed=args.seed
+        )
     tag = (args.model.parent.name + "-" + args.model.stem if args.model else "shipped") + (
         "" if args.tta else "-notta"
     )
