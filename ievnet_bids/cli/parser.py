@@ -19,6 +19,7 @@ from ievnet_bids.config import (
     DEFAULT_ACQ,
     DEVICES,
     LOCALIZERS,
+    PRECISION_HELP,
     PRECISIONS,
     RunConfig,
     available_cpus,
@@ -160,9 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="network arithmetic: auto = bf16 autocast on a GPU, fp32 on CPU; bf16 on CPU is "
-        "about 2x faster on CPUs with AMX/AVX512-BF16 (same masks in our tests), slow on "
-        "others (default: %(default)s)",
+        help=f"{PRECISION_HELP} (default: %(default)s)",
     )
     g.add_argument(
         "--tta",

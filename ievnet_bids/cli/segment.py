@@ -24,7 +24,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from ievnet_bids.config import PRECISIONS, autocast_setting
+from ievnet_bids.config import PRECISION_HELP, PRECISIONS, autocast_setting
 from ievnet_bids.geometry.extract import extract_roi, map_back, roi_grid_for
 from ievnet_bids.geometry.roi import RoiGrid
 
@@ -163,8 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="network arithmetic: auto = bf16 autocast on a GPU, fp32 on CPU; bf16 on CPU is "
-        "about 2x faster on CPUs with AMX/AVX512-BF16, slow on others",
+        help=PRECISION_HELP,
     )
     p.add_argument("--omp-nthreads", type=int, metavar="N", help="CPU threads for torch")
     p.add_argument(
