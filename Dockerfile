@@ -49,7 +49,8 @@ RUN useradd --create-home --uid 1000 --user-group --shell /usr/sbin/nologin ievn
 COPY --from=build /opt/venv /opt/venv
 
 # Threads: one per process unless asked; ievnet-bids sets torch's thread count from
-# --omp-nthreads (ITK, for the registration, always runs on one: reproducible). Caches: /tmp, writable under Singularity/Apptainer whatever HOME is.
+# --omp-nthreads (ITK, for the registration, always runs on one: reproducible).
+# Caches: /tmp, writable under Singularity/Apptainer whatever HOME is.
 # NIPYPE_NO_ET: no version check over the network.
 ENV PATH=/opt/venv/bin:${PATH} \
     HOME=/home/ievnet \
