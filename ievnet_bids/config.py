@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ievnet_bids import __version__
+from ievnet_bids.atomic import write_text_atomic
 
 AnalysisLevel = Literal["participant", "group"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -170,7 +171,7 @@ class RunConfig:
         """JSON text; also written (atomically) to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         if path is not None:
-            _write_text_atomic(Path(path), text)
+            write_text_atomic(text, path)
         return text
 
     @classmethod
@@ -189,7 +190,7 @@ class RunConfig:
             lines += [f"{_toml_key(k)} = {_toml_value(_none_to_toml(v))}" for k, v in flt.items()]
         text = "\n".join(lines) + "\n"
         if path is not None:
-            _write_text_atomic(Path(path), text)
+            write_text_atomic(text, path)
         return text
 
     @classmethod
@@ -254,14 +255,3 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

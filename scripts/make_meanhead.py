@@ -18,6 +18,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ievnet_bids.atomic import staged, write_text_atomic
+
 HERE = Path(__file__).resolve().parents[1] / "data" / "templates"
 SPACING = 1.5  # mm
 PAD_MM = 5.0
@@ -122,9 +124,8 @@ def save_int16(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img.set_qform(affine, code=2)
     img.set_sform(affine, code=2)
     img.header["descrip"] = b"ievnet-bids meanhead (pydeface MIT)"
-    tmp = path.with_name(path.name + ".tmp.nii.gz")
-    nib.save(img, tmp)
-    tmp.replace(path)
+    with staged(path, suffix=".nii.gz") as tmp:
+        nib.save(img, tmp)
 
 
 def midsagittal_plane(t1: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
@@ -206,9 +207,7 @@ def write_landmarks(lm: dict[str, np.ndarray], path: Path) -> None:
         unc = LANDMARK_UNCERTAINTY_MM[name.removesuffix("_left").removesuffix("_right")]
         x, y, z = lm[name]
         rows.append(f"{name}\t{x:.1f}\t{y:.1f}\t{z:.1f}\t{unc:.1f}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(rows) + "\n")
-    tmp.replace(path)
+    write_text_atomic("\n".join(rows) + "\n", path)
 
 
 def draw_figures(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from holdout_structures import finite_stats, read_tsv  # scripts/ (the script's folder)
 
+from ievnet_bids.atomic import staged
 from ievnet_bids.model.weights import sha256_file
 from ievnet_bids.resources import default_model_path
 
@@ -71,10 +72,9 @@ def main() -> None:
     if args.version:
         card["version"] = args.version
     dest = default_model_path()
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.copyfile(args.weights, tmp)
-    card["weights_sha256"] = sha256_file(tmp)
-    tmp.replace(dest)
+    with staged(dest) as tmp:
+        shutil.copyfile(args.weights, tmp)
+        card["weights_sha256"] = sha256_file(tmp)
     card_dest = dest.with_name(dest.stem + ".model_card.json")
     card_dest.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     print(f"shipped {args.weights} → {dest} (sha256 {card['weights_sha256'][:12]})")

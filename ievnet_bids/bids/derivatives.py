@@ -5,7 +5,7 @@ dropped) and add ``space``/``label``/``desc``, in BIDS entity order::
 
     sub-01/ses-1/anat/sub-01_ses-1_acq-space_space-orig_label-TFS_desc-left_mask.nii.gz
 
-Every write is atomic (a temporary dot-file in the destination folder, then ``os.replace``),
+Every write is atomic (:mod:`ievnet_bids.atomic`: a temporary dot-file, then ``os.replace``),
 and :func:`publish` moves a subject's staged outputs into place only once all exist,
 skipping byte-identical files, so reruns are idempotent and a failed subject leaves nothing.
 """
@@ -20,11 +20,12 @@ import math
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ievnet_bids import atomic
+from ievnet_bids.atomic import write_text_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -198,28 +199,6 @@ def mask_sidecar(
 
 
 # --------------------------------------------------------------------------- atomic writes
-@contextmanager
-def _staged(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """A temporary dot-file beside ``path``, moved onto ``path`` if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    """Atomic text write."""
-    path = Path(path)
-    with _staged(path) as tmp:
-        tmp.write_text(text)
-    return path
-
-
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
     """Atomic JSON write (2-space indent, trailing newline)."""
     return write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
@@ -238,7 +217,7 @@ def write_nifti_atomic(img: Any, path: str | Path) -> Path:
         img = img.__class__(img.dataobj, img.affine, header.copy())
         img.header.set_xyzt_units(xyz="mm")
     suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    with _staged(path, suffix=suffix) as tmp:
+    with atomic.staged(path, suffix=suffix) as tmp:
         nib.save(img, tmp)
     return path
 
@@ -433,10 +412,9 @@ def publish(tmp_files: Mapping[Path, Path]) -> list[Path]:
         for src, dest in todo:
             made += [p for p in (dest.parent, *dest.parent.parents) if not p.exists()][::-1]
             dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-            os.close(fd)
-            copies.append((Path(name), dest))
-            shutil.copyfile(src, name)
+            tmp = atomic.temp_beside(dest)
+            copies.append((tmp, dest))
+            shutil.copyfile(src, tmp)
     except OSError as err:
         for tmp, _ in copies:
             tmp.unlink(missing_ok=True)

@@ -8,15 +8,15 @@ TSV is written and a mean ± SD summary per metric, per side (and per dataset) i
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ievnet_bids.atomic import staged
 
 if TYPE_CHECKING:
     import nibabel as nib
@@ -229,17 +229,8 @@ def score_pair(case: str, pred_path: Path, ref_path: Path) -> dict[str, object]:
 
 def write_tsv_atomic(frame: pd.DataFrame, path: Path) -> None:
     """Write a DataFrame as TSV via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            frame.to_csv(handle, sep="\t", index=False, na_rep=NA, float_format="%.6f")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with staged(path, fsync=True) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
+        frame.to_csv(handle, sep="\t", index=False, na_rep=NA, float_format="%.6f")
 
 
 def _cell(values: Iterable[float], digits: int) -> str:

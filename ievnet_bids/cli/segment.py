@@ -14,7 +14,6 @@ Exit status: 0 success, 1 bad input or model file, 2 usage error, 66 no model fi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from ievnet_bids.atomic import staged
 from ievnet_bids.config import PRECISION_HELP, PRECISIONS, autocast_setting
 from ievnet_bids.geometry.extract import extract_roi, map_back, roi_grid_for
 from ievnet_bids.geometry.roi import RoiGrid
@@ -106,15 +106,8 @@ def write_nifti(data: np.ndarray, ref: Any, path: Path, dtype: type) -> None:
     img = nib.Nifti1Image(np.asarray(data, dtype=dtype), ref.affine, header=header)
     img.set_data_dtype(dtype)
     img.header.set_slope_inter(1.0, 0.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[: -len('.nii.gz')]}.{os.getpid()}.tmp.nii.gz")
-    try:
+    with staged(path, suffix=".nii.gz") as tmp:
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def _one_line(exc: BaseException) -> str:

@@ -33,6 +33,7 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
+from ievnet_bids.atomic import staged
 from ievnet_bids.geometry.extract import (
     extract_roi,
     head_rotation_from_affine,
@@ -123,16 +124,15 @@ def save_labyrinth_template(path: str | Path, template: np.ndarray | None = None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t = build_labyrinth_template() if template is None else template
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(
-        tmp,
-        template=t.astype(np.float16),
-        spacing_mm=np.float32(TEMPLATE_SPACING_MM),
-        n=np.int32(TEMPLATE_N),
-        seed0=np.int64(TEMPLATE_SEED0),
-        side=np.str_("right"),
-    )
-    os.replace(tmp, path)
+    with staged(path, suffix=".npz") as tmp:
+        np.savez_compressed(
+            tmp,
+            template=t.astype(np.float16),
+            spacing_mm=np.float32(TEMPLATE_SPACING_MM),
+            n=np.int32(TEMPLATE_N),
+            seed0=np.int64(TEMPLATE_SEED0),
+            side=np.str_("right"),
+        )
     return path
 
 

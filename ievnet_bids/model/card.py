@@ -13,10 +13,11 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from ievnet_bids.atomic import write_text_atomic
 
 ROI_SHAPE: tuple[int, int, int] = (200, 150, 100)
 ROI_SPACING_MM: float = 0.2
@@ -196,7 +197,7 @@ class ModelCard:
         """Write the card as indented JSON, atomically; returns the path."""
         path = Path(path)
         text = json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
-        atomic_write_bytes(path, text.encode("utf-8"))
+        write_text_atomic(text, path, fsync=True)
         return path
 
     @classmethod
@@ -242,21 +243,6 @@ def card_path_for(weights_path: str | os.PathLike[str]) -> Path:
     """``dir/<stem>.model_card.json`` beside ``dir/<stem>.safetensors``."""
     weights_path = Path(weights_path)
     return weights_path.with_name(weights_path.stem + ".model_card.json")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file in the same folder, then ``os.replace`` it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _is_number(value: Any) -> bool:

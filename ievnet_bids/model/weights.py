@@ -17,12 +17,13 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+from ievnet_bids.atomic import staged
 
 from .card import ModelCard, card_path_for, default_card
 from .net import build_network, resolve_device
@@ -220,17 +221,9 @@ def save_model(model: torch.nn.Module, card: ModelCard, path: str | os.PathLike[
         k: (v.to("cpu", torch.float16) if v.is_floating_point() else v.to("cpu")).contiguous()
         for k, v in state.items()
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with staged(path) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt", "model": card.name, "dtype": "float16"})
-        digest = sha256_file(tmp)
-        written = replace(card, weights_sha256=digest)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        written = replace(card, weights_sha256=sha256_file(tmp))
     written.to_json(card_path_for(path))
     return written
 

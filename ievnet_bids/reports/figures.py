@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ievnet_bids.atomic import staged
+
 SIDES = ("left", "right")
 SIDE_COLOURS = {"left": "#1f77b4", "right": "#d62728"}
 VIEWS = ("axial", "coronal", "sagittal")
@@ -72,20 +74,13 @@ def _plt() -> Any:
 
 def save_figure(fig: Any, out: str | Path, dpi: int = DPI) -> Path:
     """Save ``fig`` as PNG atomically (temporary file + rename; no metadata) and close it."""
-    import os
-    import tempfile
-
     plt = _plt()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(name, dpi=dpi, format="png", metadata={"Software": None})
-        os.replace(name, out)
+        with staged(out, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png", metadata={"Software": None})
     finally:
         plt.close(fig)
-        Path(name).unlink(missing_ok=True)
     return out
 
 

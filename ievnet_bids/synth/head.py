@@ -24,8 +24,6 @@ seeds, labyrinth) is the same in all its sessions; only pose, scaling and noise 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ievnet_bids.atomic import staged, write_text_atomic
 from ievnet_bids.geometry.roi import RoiGrid, resample
 from ievnet_bids.synth import labels as L
 from ievnet_bids.synth.phantom import Phantom, generate_phantom
@@ -137,40 +136,19 @@ def sample_pose(
     return HeadPose(r, rot @ (base.translation - pivot) + pivot + shift), angles
 
 
-def _tmp_path(path: Path, suffix: str) -> Path:
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    return Path(name)
-
-
 def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> Path:
     """Atomic NIfTI write (temporary file in the same folder + ``os.replace``)."""
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    tmp = _tmp_path(path, ".nii.gz")
-    try:
+    with staged(path, suffix=".nii.gz") as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_text(path: Path, text: str) -> Path:
-    """Atomic text write."""
-    tmp = _tmp_path(path, ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
 def write_json(path: Path, obj: dict) -> Path:
-    return write_text(path, json.dumps(obj, indent=2) + "\n")
+    return write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
 
 
 def _rician(rng: np.random.Generator, image: np.ndarray, sd: float) -> np.ndarray:
@@ -508,7 +486,7 @@ def _write_metadata(
         },
     )
     lines = ["participant_id\tage\tsex", *("\t".join(p) for p in participants)]
-    write_text(out / "participants.tsv", "\n".join(lines) + "\n")
+    write_text_atomic("\n".join(lines) + "\n", out / "participants.tsv")
     write_json(
         out / "participants.json",
         {
@@ -539,4 +517,4 @@ Per subject/session:
 
 Ground truth (TFS masks, ear centres, head pose) is written OUTSIDE this dataset.
 """
-    write_text(out / "README", readme)
+    write_text_atomic(readme, out / "README")

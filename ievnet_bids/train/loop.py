@@ -18,11 +18,9 @@ import contextlib
 import io
 import json
 import math
-import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -32,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ievnet_bids.model.card import PUBLISHED_ARCHITECTURE, ModelCard, atomic_write_bytes
+from ievnet_bids.atomic import staged, write_bytes_atomic, write_text_atomic
+from ievnet_bids.model.card import PUBLISHED_ARCHITECTURE, ModelCard
 from ievnet_bids.model.net import build_network, resolve_device
 from ievnet_bids.model.weights import save_model
 from ievnet_bids.train import data as D
@@ -221,10 +220,6 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     """Tab-separated log, one row per step (empty val_dice where not validated)."""
 
@@ -237,7 +232,7 @@ def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
 
     lines = ["\t".join(LOG_COLUMNS)]
     lines += ["\t".join(fmt(r.get(c)) for c in LOG_COLUMNS) for r in rows]
-    _atomic_text(path, "\n".join(lines) + "\n")
+    write_text_atomic("\n".join(lines) + "\n", path, fsync=True)
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -294,7 +289,7 @@ def plot_curve(path: Path, rows: list[dict[str, Any]]) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes_atomic(buf.getvalue(), path, fsync=True)
 
 
 def _rng_states(np_rng: np.random.Generator) -> dict[str, Any]:
@@ -332,15 +327,8 @@ def _restore_rng(state: dict[str, Any], np_rng: np.random.Generator) -> None:
 
 
 def _save_state(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with staged(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -429,7 +417,9 @@ def train(config: TrainConfig) -> Path:
     aug_on_device = cuda if config.aug_on_device is None else config.aug_on_device
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    write_text_atomic(
+        json.dumps(config.to_dict(), indent=2) + "\n", run_dir / "config.json", fsync=True
+    )
     val_paths = D.validation_set(run_dir / "val", config.val_seeds)
     val_cases = D.load_validation(val_paths)
 

@@ -12,11 +12,12 @@ by the training tools.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from ievnet_bids.atomic import staged
 
 HOLDOUT_SEED_START = 10_000_000
 RANDOM_CONTRAST_FRACTION = 0.3
@@ -31,17 +32,19 @@ def phantom_settings(seed: int) -> dict[str, str]:
     }
 
 
-def write_sample(folder: Path, seed: int) -> Path:
-    """Generate the phantom of ``seed`` and store it atomically in ``folder``."""
+def write_sample(folder: Path, seed: int, realism: int = 1) -> Path:
+    """Generate the phantom of ``seed`` (phantom version ``realism``) and store it atomically
+    in ``folder``."""
     from ievnet_bids.synth.phantom import generate_phantom
 
     path = folder / f"phantom-{seed:08d}.npz"
     if path.exists():
         return path
-    ph = generate_phantom(seed, **phantom_settings(seed))
-    tmp = folder / f".{path.name}.{os.getpid()}.tmp.npz"
-    np.savez_compressed(tmp, image=ph.image.astype(np.float16), labels=ph.labels, affine=ph.affine)
-    tmp.replace(path)
+    ph = generate_phantom(seed, **phantom_settings(seed), realism=realism)
+    with staged(path, suffix=".npz") as tmp:
+        np.savez_compressed(
+            tmp, image=ph.image.astype(np.float16), labels=ph.labels, affine=ph.affine
+        )
     return path
 
 
@@ -56,13 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--count", type=int, default=100)
+    parser.add_argument(
+        "--realism",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="phantom version: 2 adds septa, marrow, vessel dots, dim tissue, fundus nerves",
+    )
     args = parser.parse_args(argv)
     if args.start + args.count > HOLDOUT_SEED_START:
         print("ievnet-pool: error: seeds would reach the held-out range", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in range(args.start, args.start + args.count):
-        write_sample(args.out, seed)
+        write_sample(args.out, seed, args.realism)
     return 0
 
 
