@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from ievnet_bids.config import RunConfig
-from ievnet_bids.reports.synthetic import write_outputs
 from ievnet_bids.workflows.group import GROUP_HTML, GROUP_TSV, run_group_level
+
+TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"  # holds the fake outputs (fixtures)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, default=1, help="sessions per subject (default: 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed group runs (default: 3)")
     args = p.parse_args(argv)
+    sys.path.insert(0, str(TESTS_DIR))
+    from fake_outputs import write_outputs
+
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fake_outputs import write_mask, write_outputs, write_unit
 from scipy import stats
 
 from ievnet_bids import metrics as M
@@ -17,7 +18,6 @@ from ievnet_bids.cli.run import main
 from ievnet_bids.config import RunConfig
 from ievnet_bids.reports import group as G
 from ievnet_bids.reports.html import missing_links
-from ievnet_bids.reports.synthetic import write_mask, write_outputs, write_unit
 from ievnet_bids.workflows.group import GROUP_HTML, GROUP_TSV, run_group_level
 
 

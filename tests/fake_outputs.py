@@ -1,5 +1,5 @@
-"""Synthetic participant outputs (volume tables, QC records, optional small masks) for tests
-and the group-level benchmark; no model, no raw data."""
+"""Fake participant outputs (volume tables, QC records, optional small masks) for the tests
+and ``benchmarks/bench_group.py``; no model, no raw data. Test code: not part of the package."""
 
 from __future__ import annotations
 
