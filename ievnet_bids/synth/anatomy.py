@@ -312,6 +312,7 @@ def sample_labyrinth(rng: np.random.Generator) -> Labyrinth:
             lamina=True,
             modiolus=base_centre,
             lamina_reach=rng.uniform(-0.2, 0.3),
+            params={"phi_max": phi_max},  # centreline points are uniform in the spiral angle
         )
     )
     # hook region: basal end opens into the vestibule

@@ -20,6 +20,10 @@ VESSEL = 12
 SOFT_TISSUE = 13
 MASTOID_FLUID = 14
 SPIRAL_LAMINA = 15  # thin dark shelf inside the cochlear lumen: part of the TFS
+# Phantoms v2 (``realism=2``) only:
+MARROW = 16  # intermediate-signal marrow patches with a speckled texture in the petrous bone
+DIM_TISSUE = 17  # intermediate-signal soft tissue touching the labyrinth
+SMALL_VESSEL = 18  # small bright (slow-flow) vessel dots in and around the temporal bone
 
 LABEL_NAMES: dict[int, str] = {
     AIR: "air",
@@ -38,8 +42,14 @@ LABEL_NAMES: dict[int, str] = {
     SOFT_TISSUE: "soft_tissue",
     MASTOID_FLUID: "mastoid_fluid",
     SPIRAL_LAMINA: "spiral_lamina",
+    MARROW: "marrow",
+    DIM_TISSUE: "dim_tissue",
+    SMALL_VESSEL: "small_vessel",
 }
 N_LABELS = len(LABEL_NAMES)
+#: Labels of the first phantom version: the random-contrast draw covers these (so v1 phantoms
+#: stay byte-identical); the v2 labels' intensities are drawn after all others.
+N_V1_LABELS = SPIRAL_LAMINA + 1
 
 TFS_LABELS: tuple[int, ...] = (
     COCHLEA,

@@ -15,11 +15,13 @@ from ievnet_bids.geometry.roi import ROI_SHAPE, ROI_SPACING_MM, RoiGrid
 from ievnet_bids.synth import labels as L
 from ievnet_bids.synth.anatomy import Labyrinth, random_rotation, sample_labyrinth
 from ievnet_bids.synth.background import build_background
+from ievnet_bids.synth.detail import add_detail, carve_septa, detail_rng
 from ievnet_bids.synth.rasterize import FrameMap, GridDisplacement, paint
 from ievnet_bids.synth.render import render
 
 EXPECTED_EULER_VESTIBULAR = -2  # vestibule + 3 canal loops: one component, three tunnels
 MAX_TOPOLOGY_TRIES = 8
+REALISM_LEVELS = (1, 2)  # 1: the first phantoms; 2: phantoms v2 (fine detail of real crops)
 
 
 @dataclass
@@ -113,8 +115,13 @@ def generate_phantom(
     max_rotation_deg: float = 20.0,
     max_shift_fraction: float = 0.15,
     elastic_mm: float = 0.35,
+    realism: int = 1,
 ) -> Phantom:
     """Draw one phantom, deterministic for ``seed``.
+
+    ``realism=2`` draws phantoms v2 (:mod:`ievnet_bids.synth.detail`): interscalar septa,
+    marrow, dim tissue at the labyrinth, vessel dots and fundus nerves, from a random stream
+    of their own, so ``realism=1`` phantoms are unchanged.
 
     ``side="left"`` is the exact mirror image (x → −x about the grid centre) of the right
     phantom of the same seed. ``grid`` defaults to the IE-Vnet ROI; its first axis must be
@@ -122,6 +129,8 @@ def generate_phantom(
     """
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', not {side!r}")
+    if realism not in REALISM_LEVELS:
+        raise ValueError(f"realism must be one of {REALISM_LEVELS}, not {realism!r}")
     grid = grid or default_grid()
     rng = np.random.default_rng(seed)
     attempts = 0
@@ -139,13 +148,25 @@ def generate_phantom(
         tfs_labels = rasterize_tfs(lab, grid, frame)
         if vestibular_euler(tfs_labels) == EXPECTED_EULER_VESTIBULAR:
             break
+    detail_info: dict = {}
+    if realism >= 2:
+        rng_detail = detail_rng(seed)
+        septum_mm = float(rng_detail.uniform(0.25, 0.7))
+        detail_info["septa"] = {
+            "thickness_param_mm": septum_mm,
+            "voxels": carve_septa(tfs_labels, lab.tubes[0], grid, frame, septum_mm),
+        }
     tfs = tfs_labels > 0
     if background:
         labels, bg_info = build_background(rng, grid, lab, frame, tfs)
     else:
         labels, bg_info = np.full(grid.shape, L.BONE, np.uint8), {}
     labels[tfs] = tfs_labels[tfs]
-    image, render_info = render(labels, rng, contrast=contrast, spacing_mm=min(grid.spacing))
+    if realism >= 2:
+        detail_info.update(add_detail(rng_detail, labels, lab, grid, frame))
+    image, render_info = render(
+        labels, rng, contrast=contrast, spacing_mm=min(grid.spacing), detail=realism >= 2
+    )
     lo, hi = lab.bounds(margin=0.0)
     centre = frame.to_world(((lo + hi) / 2)[None])[0]
     if side == "left":
@@ -167,4 +188,7 @@ def generate_phantom(
         "background": bg_info,
         "render": render_info,
     }
+    if realism >= 2:
+        meta["realism"] = realism
+        meta["detail"] = detail_info
     return Phantom(image, labels, grid, side, centre, meta)

@@ -93,7 +93,7 @@ def _voxel_box(
     return tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
 
 
-def _box_local_points(grid: RoiGrid, frame: FrameMap, box: tuple[slice, ...]) -> np.ndarray:
+def local_points(grid: RoiGrid, frame: FrameMap, box: tuple[slice, ...]) -> np.ndarray:
     """Local-frame coordinates of the voxels in ``box``: (*box shape, 3)."""
     idx = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in box], indexing="ij"), axis=-1)
     shape = idx.shape[:-1]
@@ -158,7 +158,7 @@ def structure_mask(
     box = structure_box(s, grid, frame)
     if box is None:
         return None
-    q = _box_local_points(grid, frame, box)
+    q = local_points(grid, frame, box)
     inside = tube_inside(s, q)[0] if isinstance(s, Tube) else ellipsoid_inside(s, q)
     return box, inside
 
@@ -186,7 +186,7 @@ def paint(
     union = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     # one shared coordinate block pays off only when the boxes overlap a lot
     shared = np.prod(hi - lo) < 2 * sum(np.prod([sl.stop - sl.start for sl in b]) for b in present)
-    local = _box_local_points(grid, frame, union) if shared else None
+    local = local_points(grid, frame, union) if shared else None
     for s, box in zip(structures, boxes, strict=True):
         if box is None:
             continue
@@ -196,7 +196,7 @@ def paint(
             )
             q = local[rel]
         else:
-            q = _box_local_points(grid, frame, box)
+            q = local_points(grid, frame, box)
         lamina = None
         if isinstance(s, Tube):
             inside, lamina = tube_inside(s, q)

@@ -39,6 +39,12 @@ SPACE_INTENSITY: dict[int, tuple[float, float]] = {
     L.MASTOID_FLUID: (0.5, 1.0),
     L.SPIRAL_LAMINA: (0.15, 0.5),
 }
+# Phantoms v2 only (``detail=True``): drawn after every other random setting.
+SPACE_DETAIL_INTENSITY: dict[int, tuple[float, float]] = {
+    L.MARROW: (0.12, 0.45),
+    L.DIM_TISSUE: (0.2, 0.55),
+    L.SMALL_VESSEL: (0.45, 1.0),
+}
 
 
 def label_means(rng: np.random.Generator, contrast: str) -> np.ndarray:
@@ -53,7 +59,7 @@ def label_means(rng: np.random.Generator, contrast: str) -> np.ndarray:
             means[label] = tfs_level * rng.uniform(0.92, 1.05)
         means[L.SPIRAL_LAMINA] = tfs_level * rng.uniform(0.2, 0.6)
     elif contrast == "random":
-        means[:] = rng.uniform(0.0, 1.0, L.N_LABELS)
+        means[: L.N_V1_LABELS] = rng.uniform(0.0, 1.0, L.N_V1_LABELS)
         # keep the TFS structures similar to each other so the target stays one tissue
         tfs_level = rng.uniform(0.0, 1.0)
         for label in L.TFS_LABELS:
@@ -157,9 +163,11 @@ def draw_render_params(
     acquired_mm: float | tuple[float, float, float] | None = None,
     snr: float | None = None,
     draw_noise: bool = True,
+    detail: bool = False,
 ) -> RenderParams:
     """Draw a rendering for a label map of ``shape`` (``draw_noise=False`` for the torch path,
-    which draws its noise on the device)."""
+    which draws its noise on the device; ``detail=True`` for the labels of phantoms v2, whose
+    intensities are drawn last so that v1 renderings are unchanged)."""
     means = label_means(rng, contrast)
     cells = int(rng.integers(6, 14))
     texture_lattice = rng.normal(0.0, 1.0, size=tuple(max(2, min(cells, s)) for s in shape))
@@ -183,6 +191,9 @@ def draw_render_params(
     bias_lattice = rng.normal(0.0, 1.0, size=tuple(max(2, min(3, s)) for s in shape))
     gamma = float(np.exp(rng.uniform(np.log(0.75), np.log(1.35))))
     scale = float(rng.uniform(300.0, 1000.0))  # arbitrary scanner units, like the int16 crops
+    if detail:
+        for label, (lo, hi) in SPACE_DETAIL_INTENSITY.items():
+            means[label] = rng.uniform(lo, hi) if contrast == "space" else rng.uniform(0.0, 1.0)
     return RenderParams(
         contrast,
         means,
@@ -242,6 +253,7 @@ def render(
     spacing_mm: float = 0.2,
     acquired_mm: float | tuple[float, float, float] | None = None,
     snr: float | None = None,
+    detail: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """Render ``labels`` to an image (float32) and return it with the drawn settings."""
     params = draw_render_params(
@@ -251,5 +263,6 @@ def render(
         spacing_mm=spacing_mm,
         acquired_mm=acquired_mm,
         snr=snr,
+        detail=detail,
     )
     return render_with(labels, params, spacing_mm), params.summary()
