@@ -20,15 +20,16 @@ def _dice_table(out: Path, truth: Path) -> list[str]:
     import nibabel as nib
     import numpy as np
 
+    from ievnet_bids.bids import derivatives as D
     from ievnet_bids.metrics import dice
 
     lines = []
-    for ref in sorted(truth.glob("sub-*_desc-*_tfs.nii.gz")):
-        stem, side = ref.name.split("_desc-")
-        side = side.split("_")[0]
-        entities = stem.split("_")
-        folder = out / entities[0] / (entities[1] if len(entities) > 1 else "") / "anat"
-        pred = next(folder.glob(f"{stem}_acq-*_space-orig_label-TFS_desc-{side}_mask.nii.gz"), None)
+    for ref in sorted(truth.glob("sub-*_desc-*_tfs.nii.gz")):  # the phantoms' ground truth
+        entities, _, _ = D.parse_bids_name(ref)
+        side, stem = entities["desc"], D.source_prefix(ref)
+        where = {"sub": entities["sub"], "ses": entities.get("ses")}
+        found = D.find_derivatives(out, D.TFS_MASK, where, desc=side)
+        pred = next((p for p in found if "acq" in D.source_entities(p)), None)
         if pred is None:
             lines.append(f"  {stem} {side:5s}: no mask")
             continue

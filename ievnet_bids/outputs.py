@@ -75,13 +75,13 @@ def stage_slab_outputs(
         staging.nifti(
             image_like(mask, slab_img, np.uint8),
             D.mask_sidecar(slab, **common),
-            label="TFS", desc=side, suffix="mask", extension=".nii.gz",
-        )  # fmt: skip
+            **D.TFS_MASK.entities(desc=side),
+        )
         staging.nifti(
             image_like(prob, slab_img, np.float32),
             D.segmentation_sidecar(slab, **common),
-            label="TFS", desc=side, suffix="probseg", extension=".nii.gz",
-        )  # fmt: skip
+            **D.TFS_PROBSEG.entities(desc=side),
+        )
         volume = float(mask.sum() * voxel_mm3)
         components = component_volumes(mask, voxel_mm3)
         # the same count as the multiple_components flag: specks under 1 mm³ (partial-volume
@@ -120,8 +120,7 @@ def stage_slab_outputs(
             extra_sources=extra,
             inference=inference,
         ),
-        suffix="dseg",
-        extension=".nii.gz",
+        **D.TFS_DSEG.entities(),
     )
-    staging.tsv(rows, space=None, desc="tfs", suffix="volumes", extension=".tsv")
+    staging.tsv(rows, **D.VOLUMES.entities())
     return staging.files, rows

@@ -366,3 +366,24 @@ def test_staging_names_and_publishes_together(tmp_path, tiny_bids):
         "Type": "ROI"
     }
     assert table.read_text() == "side\tvolume_mm3\nleft\t1.5\n"
+
+
+def test_lookup_by_entities_finds_what_the_writer_named(tmp_path):
+    out = tmp_path / "out"
+    written = []
+    for src in ("sub-01_acq-space_T2w.nii.gz", "sub-02_ses-1_acq-space_T2w.nii.gz"):
+        for kind, extra in ((D.VOLUMES, {}), (D.TFS_MASK, {"desc": "left"})):
+            path = D.derivative_path(src, out, **kind.entities(**extra))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+            written.append(path)
+    (out / "sub-01" / "anat" / "notes.txt").touch()  # not a BIDS name: ignored
+    assert D.find_derivatives(out, D.VOLUMES) == [written[0], written[2]]
+    assert D.find_derivatives(out, D.TFS_MASK, {"sub": "02"}, desc="left") == [written[3]]
+    assert D.find_derivatives(out, D.TFS_MASK, {"sub": "01", "ses": None}, desc="right") == []
+    assert D.find_derivatives(out, D.VOLUMES, {"ses": "1"}) == [written[2]]
+    assert D.sibling(written[2], D.TFS_MASK, desc="left") == written[3]
+    assert D.source_prefix(written[3]) == "sub-02_ses-1_acq-space"
+    assert D.source_entities(written[3]) == {"sub": "02", "ses": "1", "acq": "space"}
+    assert D.VOLUMES.pattern() == "*_desc-tfs_volumes.tsv"
+    assert written[1].match(D.TFS_MASK.pattern(desc="left"))

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,106 @@ def parse_bids_name(path: str | Path) -> tuple[dict[str, str], str, str]:
     return entities, parts[-1], dot + ext
 
 
+def source_entities(path: str | Path) -> dict[str, str]:
+    """The entities a derivative (or a source) file name carries over from its source."""
+    entities, _, _ = parse_bids_name(path)
+    return {k: v for k, v in entities.items() if k not in DERIVATIVE_ENTITIES}
+
+
+def source_prefix(path: str | Path) -> str:
+    """``sub-01_ses-1_acq-space``: the source entities of ``path``, in BIDS order."""
+    ent = source_entities(path)
+    return "_".join(f"{k}-{ent[k]}" for k in ENTITY_ORDER if k in ent)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of output: its derivative entities, suffix and extension (no source entities).
+
+    The writers and the readers (group level, reports, demo) name files through these records
+    only; ``desc`` of the per-ear kinds is the side, given at each use.
+    """
+
+    suffix: str
+    extension: str
+    space: str | None = "orig"
+    label: str | None = None
+    desc: str | None = None
+    datatype: str = "anat"
+
+    def entities(self, **override: Any) -> dict[str, Any]:
+        """Keyword arguments of :func:`derivative_path` (``override`` e.g. ``desc=side``)."""
+        return {**asdict(self), **override}
+
+    def pattern(self, **override: Any) -> str:
+        """Glob pattern of the file names (``*`` standing for the source entities)."""
+        ent = self.entities(**override)
+        tags = "".join(f"_{k}-{ent[k]}" for k in ("space", "label", "desc") if ent[k] is not None)
+        return f"*{tags}_{self.suffix}{self.extension}"
+
+    def matches(self, path: str | Path, **override: Any) -> bool:
+        """Whether ``path``'s name is of this kind (with ``override``), any source entities."""
+        want = self.entities(**override)
+        try:
+            entities, suffix, ext = parse_bids_name(path)
+        except ValueError:
+            return False
+        found = {k: entities.get(k) for k in ("space", "label", "desc")}
+        return (suffix, ext) == (want["suffix"], want["extension"]) and found == {
+            k: want[k] for k in found
+        }
+
+
+TFS_MASK = Kind("mask", ".nii.gz", label="TFS")
+"""``<source>_space-orig_label-TFS_desc-<side>_mask.nii.gz``"""
+TFS_PROBSEG = Kind("probseg", ".nii.gz", label="TFS")
+"""``<source>_space-orig_label-TFS_desc-<side>_probseg.nii.gz``"""
+TFS_DSEG = Kind("dseg", ".nii.gz")
+"""``<source>_space-orig_dseg.nii.gz`` (1 left, 2 right)"""
+VOLUMES = Kind("volumes", ".tsv", space=None, desc="tfs")
+"""``<source>_desc-tfs_volumes.tsv``: one row per ear"""
+QC_RECORD = Kind("qc", ".json", space=None, desc="tfs")
+"""``<source>_desc-tfs_qc.json``"""
+
+
+def find_derivatives(
+    output_dir: str | Path,
+    kind: Kind,
+    where: Mapping[str, str | None] | None = None,
+    **override: Any,
+) -> list[Path]:
+    """Files of ``kind`` (with ``override``, e.g. ``desc="left"``) under ``output_dir``.
+
+    ``where``: source entities the file must have (``None``: must not have, e.g.
+    ``{"sub": "01", "ses": None}``). Per subject (sorted), the session-less folder first,
+    then the session folders; sorted by name within each.
+    """
+    output_dir, where = Path(output_dir), dict(where or {})
+    subject = where.get("sub")
+    subs = [output_dir / f"sub-{subject}"] if subject else sorted(output_dir.glob("sub-*/"))
+    datatype = kind.entities(**override)["datatype"]
+    levels = [datatype] if datatype == "figures" else [datatype, f"ses-*/{datatype}"]
+    found: list[Path] = []
+    for sub in subs:
+        for level in levels:
+            for path in sorted(sub.glob(f"{level}/sub-*")):
+                if kind.matches(path, **override) and _has(path, where):
+                    found.append(path)
+    return found
+
+
+def _has(path: Path, where: Mapping[str, str | None]) -> bool:
+    ent = source_entities(path)
+    return all(ent.get(k) == v for k, v in where.items())
+
+
+def sibling(path: str | Path, kind: Kind, **override: Any) -> Path:
+    """The derivative of ``kind`` of the same source as the derivative ``path``, beside it."""
+    path = Path(path)
+    name = derivative_path(path, ".", **kind.entities(**override)).name
+    return path.with_name(name)
+
+
 def derivative_path(
     source: str | Path,
     output_dir: str | Path,
@@ -92,8 +193,7 @@ def derivative_path(
     ``extension`` with or without the dot; ``space=None`` leaves ``space`` out.
     ``datatype="figures"`` puts the file in ``sub-<label>/figures/`` (no session folder).
     """
-    entities, _, _ = parse_bids_name(source)
-    ent = {k: v for k, v in entities.items() if k not in DERIVATIVE_ENTITIES}
+    ent = source_entities(source)
     for key, value in (("space", space), ("label", label), ("desc", desc)):
         if value is not None:
             if not _VALUE_RE.match(value):

@@ -33,8 +33,6 @@ from ievnet_bids.reports import figures as F
 from ievnet_bids.reports import qc as Q
 
 SIDES = ("left", "right")
-TSV_TAG = "_desc-tfs_volumes.tsv"
-QC_TAG = "_desc-tfs_qc.json"
 EVAL_METRICS = ("dice", "hausdorff_mm", "hd95_mm", "msd_mm")
 METRIC_LABELS = {
     "dice": "Dice",
@@ -70,23 +68,16 @@ MAX_TABLE_ROWS = 300
 
 
 # --------------------------------------------------------------------------- gathering
-def _entities(name: str) -> dict[str, str]:
-    return D.parse_bids_name(name.split(TSV_TAG)[0] + "_x.nii.gz")[0]
-
-
 def find_volume_tables(
     output_dir: Path, participants: Sequence[str] = (), sessions: Sequence[str] = ()
 ) -> list[Path]:
     """The per-slab volume tables under ``output_dir`` (optionally only some labels)."""
-    output_dir = Path(output_dir)
-    subs = [output_dir / f"sub-{p}" for p in participants] or sorted(output_dir.glob("sub-*/"))
     found: list[Path] = []
-    for sub in subs:
-        found += sorted(sub.glob(f"anat/*{TSV_TAG}"))
-        found += sorted(sub.glob(f"ses-*/anat/*{TSV_TAG}"))
+    for label in participants or [None]:
+        found += D.find_derivatives(output_dir, D.VOLUMES, {"sub": label} if label else None)
     if sessions:
         keep = set(sessions)
-        found = [p for p in found if _entities(p.name).get("ses") in keep]
+        found = [p for p in found if D.source_entities(p).get("ses") in keep]
     return found
 
 
@@ -108,10 +99,10 @@ def read_participant_rows(
     """
     rows: list[dict[str, Any]] = []
     for path in tables:
-        ent = _entities(path.name)
+        ent = D.source_entities(path)
         sub = f"sub-{ent['sub']}"
         slab = "_".join(f"{k}-{v}" for k, v in ent.items() if k not in ("sub", "ses")) or "n/a"
-        qc_path = path.with_name(path.name.replace(TSV_TAG, QC_TAG))
+        qc_path = D.sibling(path, D.QC_RECORD)
         try:
             qc = json.loads(qc_path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -282,8 +273,7 @@ def index_references(reference_dir: Path) -> dict[str, Path]:
 
 def mask_name(row: Mapping[str, Any]) -> str:
     """Our mask file name of a group row (``<entities>_space-orig_label-TFS_desc-<side>_mask``)."""
-    prefix = Path(row["_source"]).name.split(TSV_TAG)[0]
-    return f"{prefix}_space-orig_label-TFS_desc-{row['side']}_mask.nii.gz"
+    return D.sibling(row["_source"], D.TFS_MASK, desc=row["side"]).name
 
 
 def evaluate_pair(pred_path: Path, ref_path: Path) -> dict[str, Any]:

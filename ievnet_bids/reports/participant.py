@@ -163,7 +163,7 @@ def stage_slab_report(
         "figures": figures,
         "figure_errors": figure_errors,
     }
-    qc_tmp, qc_dest = staging.paths(space=None, desc="tfs", suffix="qc", extension=".json")
+    qc_tmp, qc_dest = staging.paths(**D.QC_RECORD.entities())
     D.write_json_atomic(record, qc_tmp)
     staging.add(qc_tmp, qc_dest)
     return staging.files, qc_tmp
@@ -244,10 +244,6 @@ def asymmetry_index(left: float | None, right: float | None) -> float | None:
     return 100.0 * (left - right) / ((left + right) / 2.0)
 
 
-def _slab_key(path: Path, tag: str) -> str:
-    return path.name.split(f"_{tag}")[0]
-
-
 def _session_of(key: str) -> str | None:
     match = re.search(r"_ses-([A-Za-z0-9]+)", key)
     return match.group(1) if match else None
@@ -276,13 +272,9 @@ def collect_subject(output_dir: Path, subject: str) -> dict[str, Any]:
     """Everything ``sub-<subject>.html`` shows, read from the output folder."""
     output_dir = Path(output_dir)
     sub_dir = output_dir / f"sub-{subject}"
-    tsvs = {
-        _slab_key(p, "desc-tfs_volumes"): p
-        for p in sorted(sub_dir.glob("**/anat/*_desc-tfs_volumes.tsv"))
-    }
-    qcs = {
-        _slab_key(p, "desc-tfs_qc"): p for p in sorted(sub_dir.glob("**/anat/*_desc-tfs_qc.json"))
-    }
+    where = {"sub": subject}
+    tsvs = {D.source_prefix(p): p for p in D.find_derivatives(output_dir, D.VOLUMES, where)}
+    qcs = {D.source_prefix(p): p for p in D.find_derivatives(output_dir, D.QC_RECORD, where)}
     slabs = []
     for key in sorted(set(tsvs) | set(qcs), key=lambda k: (_session_sort(_session_of(k)), k)):
         rows = {r["side"]: r for r in _read_tsv(tsvs[key])} if key in tsvs else {}

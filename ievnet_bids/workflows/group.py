@@ -179,13 +179,14 @@ def run_group_level(config: RunConfig) -> dict[str, str]:
     out = config.output_dir
     tables = G.find_volume_tables(out, config.participant_labels, config.session_labels)
     failures: dict[str, str] = {}
-    seen = {G._entities(p.name)["sub"] for p in tables}
+    seen = {D.source_entities(p)["sub"] for p in tables}
     for label in config.participant_labels:
         if label not in seen:
             failures[f"sub-{label}"] = f"no participant outputs in {out / f'sub-{label}'}"
     if not tables:
         failures["group"] = (
-            f"no participant outputs (*{G.TSV_TAG}) in {out}: run the participant level first"
+            f"no participant outputs ({D.VOLUMES.pattern()}) in {out}: "
+            "run the participant level first"
         )
         return failures
     frame = G.read_participant_rows(tables, out, G.load_datasets(config.bids_dir))
