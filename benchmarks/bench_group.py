@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ievnet_bids.config import RunConfig
-from ievnet_bids.workflows.group import GROUP_HTML, GROUP_TSV, run_group_level
+from ievnet_bids.group import GROUP_HTML, GROUP_TSV, run_group_level
 
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"  # holds the fake outputs (fixtures)
 

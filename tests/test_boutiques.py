@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ievnet_bids import __version__
+from ievnet_bids.cli.exitcodes import ExitCode
 from ievnet_bids.cli.parser import build_parser, parse_args
-from ievnet_bids.cli.run import ExitCode
 
 pytest.importorskip("boutiques", reason="boutiques not installed (pip install boutiques)")
 

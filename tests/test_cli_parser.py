@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from ievnet_bids.cli.exitcodes import ExitCode
 from ievnet_bids.cli.parser import MissingInputError, build_parser, parse_args
-from ievnet_bids.cli.run import ExitCode, main
+from ievnet_bids.cli.run import main
 from ievnet_bids.config import DEFAULT_ACQ, RunConfig
 
 SLAB = "sub-01/anat/sub-01_acq-space_T2w.nii.gz"
@@ -348,7 +349,7 @@ def test_main_hands_over_to_participant_level(tmp_path, tiny_bids, capsys, monke
         seen["inputs"] = inputs
         return {} if config.verbose == 0 else {"sub-01": "no ear found"}
 
-    monkeypatch.setattr(run, "load_runner", lambda level: runner)
+    monkeypatch.setattr(run, "run_level", runner)
     assert main(argv) == 0
     assert [(i.subject, i.session, i.slabs, i.head) for i in seen["inputs"]] == [
         ("01", None, (bids / SLAB,), bids / HEAD)

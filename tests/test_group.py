@@ -16,9 +16,9 @@ from scipy import stats
 from ievnet_bids import metrics as M
 from ievnet_bids.cli.run import main
 from ievnet_bids.config import RunConfig
+from ievnet_bids.group import GROUP_HTML, GROUP_TSV, run_group_level
 from ievnet_bids.reports import group as G
 from ievnet_bids.reports.html import missing_links
-from ievnet_bids.workflows.group import GROUP_HTML, GROUP_TSV, run_group_level
 
 
 def _config(out: Path, bids: Path | None = None, **kw) -> RunConfig:

@@ -18,7 +18,7 @@ import pytest
 from ievnet_bids.cli.run import main
 from ievnet_bids.metrics import dice
 from ievnet_bids.resources import default_model_path
-from ievnet_bids.workflows.participant import versioned_work_dir
+from ievnet_bids.workflows.execution import versioned_work_dir
 
 pytestmark = [
     pytest.mark.xdist_group("participant"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ievnet_bids.cli.parser import parse_args
-from ievnet_bids.workflows.participant import concurrent_units
+from ievnet_bids.workflows.execution import concurrent_units
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ievnet_bids.resources import default_model_path
-from ievnet_bids.workflows.participant import init_slab_wf, versioned_work_dir
+from ievnet_bids.workflows.execution import versioned_work_dir
+from ievnet_bids.workflows.participant import init_slab_wf
 
 MODEL = default_model_path()  # must exist: the node checks the file
 

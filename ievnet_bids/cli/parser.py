@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ievnet_bids import __version__
+from ievnet_bids.cli.exitcodes import ExitCode
 from ievnet_bids.config import (
     DEFAULT_ACQ,
     DEVICES,
@@ -81,8 +82,6 @@ def _acq_label(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ievnet-bids`` argument parser (BIDS-Apps positional arguments + options)."""
-    from ievnet_bids.cli.run import ExitCode
-
     codes = ", ".join(f"{int(c)} {c.name.lower().replace('_', ' ')}" for c in ExitCode)
     p = _Parser(
         prog=PROG,

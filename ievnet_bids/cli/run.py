@@ -1,58 +1,45 @@
 """``ievnet-bids bids_dir output_dir {participant,group}``: the orchestrator.
 
 parse → check the BIDS input → query → hand over to the level's runner → exit status.
-The runners live in ``ievnet_bids.workflows.participant.run_participant_level(config,
-inputs)`` and ``ievnet_bids.workflows.group.run_group_level(config)``; each returns a mapping
-``{unit name: one-line reason}`` of the participants (or sessions) that failed, empty on
-success.
+The runners are ``ievnet_bids.workflows.execution.run_participant_level(config, inputs)`` and
+``ievnet_bids.group.run_group_level(config)``, imported when used (:func:`run_level`); each
+returns a mapping ``{unit name: one-line reason}`` of the participants (or sessions) that
+failed, empty on success.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from enum import IntEnum
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
+from ievnet_bids.cli.exitcodes import ExitCode
 from ievnet_bids.logs import setup_logging
+
+if TYPE_CHECKING:
+    from ievnet_bids.bids.query import SubjectInputs
+    from ievnet_bids.config import RunConfig
+
+__all__ = ["ExitCode", "main", "run_level"]
 
 LOG = logging.getLogger("ievnet_bids")
 
 
-class ExitCode(IntEnum):
-    """Exit statuses of ``ievnet-bids``."""
+def run_level(config: RunConfig, inputs: Sequence[SubjectInputs] = ()) -> Mapping[str, str]:
+    """Hand over to the level's runner, imported only here (the participant level loads Nipype)."""
+    if config.analysis_level == "participant":
+        from ievnet_bids.workflows.execution import run_participant_level
 
-    OK = 0
-    SUBJECT_FAILED = 1  # any participant failed (or the level is not available)
-    USAGE = 2  # bad command line
-    INVALID_BIDS = 16  # input is not a usable BIDS dataset / selected participants missing
-    NO_IMAGES = 18  # participants/sessions/filters selected no slab image
-    MISSING_INPUT = 66  # a file named on the command line does not exist
+        return run_participant_level(config, inputs)
+    from ievnet_bids.group import run_group_level
 
-
-RUNNERS: dict[str, tuple[str, str]] = {
-    "participant": ("ievnet_bids.workflows.participant", "run_participant_level"),
-    "group": ("ievnet_bids.workflows.group", "run_group_level"),
-}
+    return run_group_level(config)
 
 
-def load_runner(level: str) -> Callable[..., Mapping[str, str]] | None:
-    """The runner of ``level``, or ``None`` while its module does not exist yet."""
-    module_name, func_name = RUNNERS[level]
+def _run_level(config: RunConfig, inputs: Sequence[SubjectInputs] = ()) -> ExitCode:
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name and module_name.startswith(err.name):
-            return None
-        raise  # a dependency of an existing module is missing: not "not implemented"
-    return getattr(module, func_name)
-
-
-def _run_level(runner: Callable[..., Mapping[str, str]], *args: Any) -> ExitCode:
-    try:
-        failures = runner(*args)
+        failures = run_level(config, inputs)
     except Exception:
         LOG.exception("the run failed")
         return ExitCode.SUBJECT_FAILED
@@ -99,22 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.error("%s", err)
         return ExitCode.NO_IMAGES
 
-    runner = load_runner(config.analysis_level)
     if config.analysis_level == "participant":
         n_slabs = sum(len(i.slabs) for i in inputs)
         LOG.info("%d participant/session(s), %d slab image(s)", len(inputs), n_slabs)
-        if runner is None:
-            LOG.error(
-                "participant workflow not implemented yet (%s); inputs found: %s",
-                RUNNERS["participant"][0],
-                ", ".join(i.name for i in inputs),
-            )
-            return ExitCode.SUBJECT_FAILED
-        return int(_run_level(runner, config, inputs))
-    if runner is None:
-        LOG.error("group level not implemented yet (%s)", RUNNERS["group"][0])
-        return ExitCode.SUBJECT_FAILED
-    return int(_run_level(runner, config))
+        return int(_run_level(config, inputs))
+    return int(_run_level(config))
 
 
 if __name__ == "__main__":

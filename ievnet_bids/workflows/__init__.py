@@ -1,1 +1,2 @@
-"""Nipype workflows (participant level) and the plain-Python group level."""
+"""Nipype graph factories of the participant level (:mod:`.participant`) and their execution
+(:mod:`.execution`). The group level is plain Python: :mod:`ievnet_bids.group`."""
