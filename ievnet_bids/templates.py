@@ -28,13 +28,6 @@ def read_landmarks(path: str | Path) -> dict[str, np.ndarray]:
     return {r["name"]: np.array([float(r["x"]), float(r["y"]), float(r["z"])]) for r in rows}
 
 
-def landmark_uncertainty(path: str | Path | None = None) -> dict[str, float]:
-    """``name → uncertainty_mm`` of the shipped (or given) landmarks TSV."""
-    path = path or templates_dir() / LANDMARKS_NAME
-    with open(path, newline="") as fh:
-        return {r["name"]: float(r["uncertainty_mm"]) for r in csv.DictReader(fh, delimiter="\t")}
-
-
 @lru_cache(maxsize=1)
 def _load(folder: str) -> tuple[nib.Nifti1Image, nib.Nifti1Image, dict[str, np.ndarray]]:
     d = Path(folder)

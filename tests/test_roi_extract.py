@@ -9,8 +9,8 @@ import pytest
 from ievnet_bids.geometry.extract import (
     extract_roi,
     head_rotation_from_affine,
+    image_like,
     map_back,
-    map_back_image,
     orthonormal,
     outside_fraction,
     roi_grid_for,
@@ -96,7 +96,7 @@ def test_map_back_has_the_slab_shape_and_affine():
     prob = np.ones(grid.shape, np.float32)
     out = map_back(prob, grid, slab)
     assert out.shape == slab.shape and out.dtype == np.float32
-    img = map_back_image(prob, grid, slab)
+    img = image_like(out, slab)
     assert img.shape == slab.shape
     np.testing.assert_array_equal(img.affine, slab.affine)
     # exactly 1 on slab voxels inside the ROI's box of voxel centres, 0 elsewhere

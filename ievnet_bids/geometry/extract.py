@@ -176,10 +176,3 @@ def image_like(
     out.set_qform(affine, code=qcode, update_affine=False)
     out.header.set_xyzt_units("mm", "sec")
     return out
-
-
-def map_back_image(
-    prob: np.ndarray, grid: RoiGrid, slab_img: nib.spatialimages.SpatialImage
-) -> nib.Nifti1Image:
-    """:func:`map_back` as a NIfTI image with the slab's affine (and sform/qform codes)."""
-    return image_like(map_back(prob, grid, slab_img), slab_img)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -578,7 +577,3 @@ def clean(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
-
-
-def html_anchor(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
