@@ -31,8 +31,9 @@ from ievnet_bids.model.weights import load_model
 from ievnet_bids.postprocess import threshold_and_clean
 from ievnet_bids.resources import default_model_path
 from ievnet_bids.synth.labels import tfs_mask
-from ievnet_bids.train.data import VAL_SEED_START, pool_seed, validation_set
-from ievnet_bids.train.pool import load_sample, phantom_settings
+from ievnet_bids.synth.seeds import VAL_SEED_START, phantom_settings
+from ievnet_bids.train.data import pool_seed, validation_set
+from ievnet_bids.train.pool import load_sample
 
 CALIB_SEED_START = VAL_SEED_START + 100_000
 THRESHOLDS = np.round(np.arange(0.30, 0.801, 0.05), 2)

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from ievnet_bids.metrics import dice
 from ievnet_bids.synth import labels as L
-from ievnet_bids.train.pool import HOLDOUT_SEED_START, phantom_settings
+from ievnet_bids.synth.seeds import HOLDOUT_SEED_START, phantom_settings
 
 EAR_METRICS = ("dice", "hd95_mm", "msd_mm", "volume_pred_mm3", "volume_ref_mm3")
 

@@ -12,8 +12,9 @@ import torch
 
 from ievnet_bids.cli import train as cli
 from ievnet_bids.model.weights import load_model
+from ievnet_bids.synth.seeds import VAL_SEED_START
 from ievnet_bids.train import pool
-from ievnet_bids.train.data import VAL_SEED_START, TrainStream
+from ievnet_bids.train.data import TrainStream
 from ievnet_bids.train.loop import TrainConfig, read_log, train
 
 TINY = {"channels": (8, 16, 32, 64), "dropout": 0.0, "threads": 1, "progress": False}

@@ -30,7 +30,7 @@ def _tristate(value: str) -> bool | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ievnet_bids.train.data import HOLDOUT_SEED_START, VAL_SEED_START
+    from ievnet_bids.synth.seeds import HOLDOUT_SEED_START, VAL_SEED_START
 
     p = argparse.ArgumentParser(
         prog=PROG,

@@ -60,7 +60,7 @@ def write_holdout(out_dir: Path, count: int) -> None:
 
     from ievnet_bids.synth.labels import tfs_mask
     from ievnet_bids.synth.phantom import generate_phantom
-    from ievnet_bids.train.pool import HOLDOUT_SEED_START, phantom_settings
+    from ievnet_bids.synth.seeds import HOLDOUT_SEED_START, phantom_settings
 
     for sub in ("images", "masks", "labels"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -53,11 +53,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ievnet_bids.model.card import ROI_SHAPE
 from ievnet_bids.model.infer import normalize
 from ievnet_bids.synth.labels import other_fluid_mask, tfs_mask
-from ievnet_bids.train.pool import HOLDOUT_SEED_START, load_sample, phantom_settings, write_sample
+from ievnet_bids.synth.seeds import HOLDOUT_SEED_START, VAL_SEED_START, phantom_settings
+from ievnet_bids.train.pool import load_sample, write_sample
 
-#: Validation phantoms: seeds from here upward (the final evaluation set starts at
-#: ``HOLDOUT_SEED_START``; these never coincide with it for fewer than 500 000 cases).
-VAL_SEED_START = HOLDOUT_SEED_START + 500_000
 KEYS = ("image", "target")
 SOURCES = ("pool", "synthetic", "data")
 _POOL_NAME = re.compile(r"^phantom-(\d+)\.npz$")

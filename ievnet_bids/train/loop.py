@@ -34,6 +34,7 @@ from ievnet_bids.atomic import staged, write_bytes_atomic, write_text_atomic
 from ievnet_bids.model.card import PUBLISHED_ARCHITECTURE, ModelCard
 from ievnet_bids.model.net import build_network, resolve_device
 from ievnet_bids.model.weights import save_model
+from ievnet_bids.synth.seeds import HOLDOUT_SEED_START, VAL_SEED_START
 from ievnet_bids.train import data as D
 
 LOG_COLUMNS = ("step", "loss", "val_dice", "lr", "seconds", "val_dice_raw")
@@ -385,7 +386,7 @@ def _prepare_sources(config: TrainConfig) -> dict[str, Any]:
     except D.DataError as exc:
         raise TrainError(str(exc)) from None
     if synth_w > 0:
-        sources["synthetic"] = {"weight": synth_w, "seeds": f"[0, {D.HOLDOUT_SEED_START})"}
+        sources["synthetic"] = {"weight": synth_w, "seeds": f"[0, {HOLDOUT_SEED_START})"}
     return {"sources": sources, "pairs": pairs}
 
 
@@ -518,7 +519,7 @@ def train(config: TrainConfig) -> Path:
             "val_dice_raw": None if math.isnan(raw) else round(raw, 5),
             "val_best_step": at,
             "val_cases": len(val_cases),
-            "val_seed_start": D.VAL_SEED_START,
+            "val_seed_start": VAL_SEED_START,
         }
 
     def stamp(c: ModelCard, **changes: Any) -> ModelCard:

@@ -2,8 +2,8 @@
 
 Each sample is ``phantom-<seed>.npz`` with ``image`` (float16, 200×150×100), ``labels``
 (uint8, :mod:`ievnet_bids.synth.labels`) and ``affine``. Training seeds start at 0; the
-held-out evaluation seeds start at :data:`HOLDOUT_SEED_START` and are never written here
-by the training tools.
+held-out evaluation seeds start at :data:`ievnet_bids.synth.seeds.HOLDOUT_SEED_START` and
+are never written here by the training tools.
 
 ``python -m ievnet_bids.train.pool --out DIR --start 0 --count 500`` fills a pool
 (skipping samples already present, so it can run alongside training and be resumed).
@@ -18,18 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ievnet_bids.atomic import staged
-
-HOLDOUT_SEED_START = 10_000_000
-RANDOM_CONTRAST_FRACTION = 0.3
-
-
-def phantom_settings(seed: int) -> dict[str, str]:
-    """Side and contrast of the phantom for ``seed`` (deterministic)."""
-    rng = np.random.default_rng([seed, 7])
-    return {
-        "side": "left" if seed % 2 else "right",
-        "contrast": "random" if rng.random() < RANDOM_CONTRAST_FRACTION else "space",
-    }
+from ievnet_bids.synth.seeds import HOLDOUT_SEED_START, phantom_settings
 
 
 def write_sample(folder: Path, seed: int, realism: int = 1) -> Path:
