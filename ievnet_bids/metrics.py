@@ -35,6 +35,7 @@ pairwise Mann-Whitney U with Benjamini-Hochberg FDR correction, all two-sided (s
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -242,6 +243,20 @@ class StatResult:
 
     statistic: float
     pvalue: float
+
+
+def finite_stats(values: Sequence[float]) -> dict[str, float | int | None]:
+    """Mean, SD, median and minimum of the finite values; ``n_finite`` of ``n``."""
+    v = np.array([x for x in values if math.isfinite(x)])
+    summary: dict[str, float | int | None] = {"mean": None, "sd": None, "median": None, "min": None}
+    if v.size:
+        summary = {
+            "mean": float(v.mean()),
+            "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+            "median": float(np.median(v)),
+            "min": float(v.min()),
+        }
+    return {**summary, "n_finite": int(v.size), "n": len(values)}
 
 
 def _values(x: Sequence[float] | np.ndarray, name: str = "sample") -> np.ndarray:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from holdout_structures import read_tsv  # scripts/ (the script's folder)
 
+from ievnet_bids.bids.derivatives import read_tsv
 from ievnet_bids.cli.run import main as run_main
 from ievnet_bids.config import PRECISIONS
 from ievnet_bids.metrics import dice

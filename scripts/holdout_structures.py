@@ -13,8 +13,6 @@ Usage: ``python scripts/holdout_structures.py OUT`` (OUT from ``scripts/eval_hol
 
 from __future__ import annotations
 
-import csv
-import math
 import sys
 from pathlib import Path
 
@@ -22,16 +20,12 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ievnet_bids.metrics import dice
+from ievnet_bids.bids.derivatives import read_tsv
+from ievnet_bids.metrics import dice, finite_stats
 from ievnet_bids.synth import labels as L
 from ievnet_bids.synth.seeds import HOLDOUT_SEED_START, phantom_settings
 
 EAR_METRICS = ("dice", "hd95_mm", "msd_mm", "volume_pred_mm3", "volume_ref_mm3")
-
-
-def read_tsv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
 
 
 def contrast_of_cases(out: Path, cases: list[str]) -> dict[str, str]:
@@ -56,20 +50,6 @@ def structure_figures(labels: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         row[f"{name}_recall"] = float((pred & ref).sum() / max(ref.sum(), 1))
         row[f"{name}_dice"] = dice(pred & (owner == k), ref)
     return row
-
-
-def finite_stats(values: list[float]) -> dict[str, float | int | None]:
-    """Mean, SD, median and minimum of the finite values; ``n_finite`` of ``n``."""
-    v = np.array([x for x in values if math.isfinite(x)])
-    stats: dict[str, float | int | None] = {"mean": None, "sd": None, "median": None, "min": None}
-    if v.size:
-        stats = {
-            "mean": float(v.mean()),
-            "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-            "median": float(np.median(v)),
-            "min": float(v.min()),
-        }
-    return {**stats, "n_finite": int(v.size), "n": len(values)}
 
 
 def _summary(values: list[float]) -> str:

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from real_overlays import SAMPLES  # scripts/ (the script's folder)
 
 from ievnet_bids.geometry.roi import RoiGrid, resample
 from ievnet_bids.metrics import dice
 from ievnet_bids.synth.head import fade_weight, roi_box_in, save_nifti, sub_grid, write_bids_dataset
 
+SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ievnet-samples"
 CROPS = {"left": "vol_ie_L.nii.gz", "right": "vol_ie_R.nii.gz"}
 
 

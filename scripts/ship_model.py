@@ -17,9 +17,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from holdout_structures import finite_stats, read_tsv  # scripts/ (the script's folder)
 
 from ievnet_bids.atomic import staged
+from ievnet_bids.bids.derivatives import read_tsv
+from ievnet_bids.metrics import finite_stats
 from ievnet_bids.model.weights import sha256_file
 from ievnet_bids.resources import default_model_path
 

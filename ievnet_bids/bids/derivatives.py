@@ -13,6 +13,7 @@ skipping byte-identical files, so reruns are idempotent and a failed subject lea
 from __future__ import annotations
 
 import contextlib
+import csv
 import filecmp
 import json
 import logging
@@ -329,6 +330,12 @@ def _tsv_cell(value: Any) -> str:
     if "\t" in text or "\n" in text:
         raise ValueError(f"TSV cell contains a tab or newline: {text!r}")
     return text
+
+
+def read_tsv(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a tab-separated table with a header, values as text."""
+    with Path(path).open(newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
 
 
 def write_tsv_atomic(

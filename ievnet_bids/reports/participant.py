@@ -222,13 +222,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _read_tsv(path: Path) -> list[dict[str, str]]:
-    import csv
-
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
-
-
 def _num(value: Any) -> float | None:
     try:
         out = float(value)
@@ -277,7 +270,7 @@ def collect_subject(output_dir: Path, subject: str) -> dict[str, Any]:
     qcs = {D.source_prefix(p): p for p in D.find_derivatives(output_dir, D.QC_RECORD, where)}
     slabs = []
     for key in sorted(set(tsvs) | set(qcs), key=lambda k: (_session_sort(_session_of(k)), k)):
-        rows = {r["side"]: r for r in _read_tsv(tsvs[key])} if key in tsvs else {}
+        rows = {r["side"]: r for r in D.read_tsv(tsvs[key])} if key in tsvs else {}
         qc = json.loads(qcs[key].read_text()) if key in qcs else {}
         ears = {}
         for side in SIDES:
