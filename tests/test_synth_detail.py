@@ -111,3 +111,14 @@ def test_segment_mask_is_a_capsule():
 def test_realism_is_validated():
     with pytest.raises(ValueError, match="realism"):
         generate_phantom(0, realism=3)
+
+
+def test_roi_cli_writes_v2_labels(tmp_path):
+    import nibabel as nib
+
+    from ievnet_bids.synth.__main__ import main
+
+    assert main(["roi", "--out-dir", str(tmp_path), "--seeds", "3", "--realism", "2"]) == 0
+    labels = np.asanyarray(nib.load(tmp_path / "phantom-00003_right_labels.nii.gz").dataobj)
+    np.testing.assert_array_equal(labels, generate_phantom(3, realism=2).labels)
+    assert (labels == L.MARROW).any()

@@ -7,6 +7,17 @@ import sys
 from pathlib import Path
 
 
+def _add_realism(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--realism",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="phantom version: 2 adds interscalar septa, marrow, vessel dots, dim tissue at "
+        "the labyrinth and fundus nerves (synth/detail.py)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ievnet-synth", description="Synthetic inner-ear phantoms with ground truth."
@@ -20,12 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument(
         "--real", type=Path, nargs="*", default=[], help="real ROI crops (NIfTI) to show beside"
     )
+    _add_realism(prev)
 
     roi = sub.add_parser("roi", help="write ROI phantoms (image + labels NIfTI)")
     roi.add_argument("--out-dir", type=Path, required=True)
     roi.add_argument("--seeds", type=int, nargs="+", required=True)
     roi.add_argument("--side", choices=("left", "right"), default="right")
     roi.add_argument("--contrast", choices=("space", "random"), default="space")
+    _add_realism(roi)
 
     hold = sub.add_parser(
         "holdout", help="write the held-out evaluation set (seeds never used for training)"
@@ -93,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         from ievnet_bids.synth.preview import draw_preview
 
         phantoms = [
-            generate_phantom(s, side="right" if i % 2 == 0 else "left", contrast=args.contrast)
+            generate_phantom(
+                s,
+                side="right" if i % 2 == 0 else "left",
+                contrast=args.contrast,
+                realism=args.realism,
+            )
             for i, s in enumerate(args.seeds)
         ]
         real = []
@@ -109,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "roi":
         args.out_dir.mkdir(parents=True, exist_ok=True)
         for s in args.seeds:
-            ph = generate_phantom(s, side=args.side, contrast=args.contrast)
+            ph = generate_phantom(s, side=args.side, contrast=args.contrast, realism=args.realism)
             stem = args.out_dir / f"phantom-{s:05d}_{args.side}"
             nib.save(nib.Nifti1Image(ph.image, ph.affine), f"{stem}_image.nii.gz")
             nib.save(nib.Nifti1Image(ph.labels, ph.affine), f"{stem}_labels.nii.gz")
