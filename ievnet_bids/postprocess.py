@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import cc3d
@@ -13,20 +14,206 @@ from scipy import ndimage
 MAX_LISTED = 50  # components listed individually in ``info["dropped"]``
 
 
+@dataclass(frozen=True)
+class CleanupParams:
+    """Settings of :func:`threshold_and_clean` (the probability threshold is the card's own).
+
+    Carried by the model card (``cleanup``), so a model ships with the clean-up it was
+    validated with; the defaults are those of every card written so far.
+    """
+
+    core_prob: float = 0.9
+    core_fraction_full: float = 0.3
+    volume_range_mm3: tuple[float, float] = (100.0, 400.0)
+    max_total_volume_mm3: float = 800.0
+    centre_sigma_mm: float = 6.0
+    max_gap_mm: float = 1.5
+    min_score: float = 0.5
+    fill_holes: bool = True
+
+    def __post_init__(self) -> None:
+        lo, hi = (float(v) for v in self.volume_range_mm3)
+        object.__setattr__(self, "volume_range_mm3", (lo, hi))
+        if not 0.0 <= lo < hi:
+            raise ValueError(f"volume_range_mm3 must be 0 <= low < high, got {(lo, hi)}")
+        if not 0.0 < self.core_prob <= 1.0 or self.core_fraction_full <= 0.0:
+            raise ValueError("core_prob must be in (0, 1] and core_fraction_full positive")
+        if min(self.max_total_volume_mm3, self.centre_sigma_mm) <= 0 or self.max_gap_mm < 0:
+            raise ValueError("volumes and sigma must be positive, max_gap_mm non-negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict."""
+        return {**asdict(self), "volume_range_mm3": list(self.volume_range_mm3)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CleanupParams:
+        """Inverse of :meth:`to_dict`; ``ValueError`` on unknown keys."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown clean-up parameter(s) {unknown}")
+        return cls(**data)
+
+
+@dataclass
+class Components:
+    """26-connected components of the thresholded map and their labyrinth scores.
+
+    Arrays are indexed by component (label − 1). ``score`` rates a component as the whole
+    labyrinth, ``frag_score`` as a piece of it (small volumes not penalised).
+    """
+
+    labels: np.ndarray
+    bboxes: list[tuple[slice, ...]]
+    counts: np.ndarray
+    vol: np.ndarray
+    dist: np.ndarray
+    maxp: np.ndarray
+    core_frac: np.ndarray
+    score: np.ndarray
+    frag_score: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.counts)
+
+    def record(self, i: int, reason: str, gap: float | None = None) -> dict[str, Any]:
+        """The ``info`` entry of component ``i``."""
+        return {
+            "label": i + 1,
+            "voxels": int(self.counts[i]),
+            "volume_mm3": round(float(self.vol[i]), 3),
+            "centroid_dist_mm": round(float(self.dist[i]), 3),
+            "max_prob": round(float(self.maxp[i]), 4),
+            "core_fraction": round(float(self.core_frac[i]), 4),
+            "score": round(float(self.score[i]), 4),
+            "fragment_score": round(float(self.frag_score[i]), 4),
+            "gap_mm": None if gap is None else round(float(gap), 3),
+            "reason": reason,
+        }
+
+
+def score_components(
+    prob: np.ndarray,
+    fg: np.ndarray,
+    spacing: np.ndarray,
+    centre_vox: np.ndarray,
+    params: CleanupParams,
+) -> Components:
+    """Label ``fg`` (26-connected) and score each component ``0.4·centre + 0.3·core + 0.3·volume``.
+
+    * centre: ``exp(-d²/2σ²)``, d = distance (mm) of its centroid to ``centre_vox``;
+    * core: fraction of its voxels with ``prob >= core_prob`` over ``core_fraction_full``
+      (capped at 1); 0 when its maximum probability is below ``core_prob``;
+    * volume: 1 inside ``volume_range_mm3``, a Gaussian of log2 of the ratio to the nearest
+      bound outside (×2 or ÷2 → 0.61); for ``frag_score`` the lower bound is 0.
+    """
+    labels, n = cc3d.connected_components(fg, connectivity=26, return_N=True)
+    stats = cc3d.statistics(labels)
+    counts = np.asarray(stats["voxel_counts"], dtype=np.int64)[1:]
+    centroids = np.asarray(stats["centroids"], dtype=float)[1:]
+    index = np.arange(1, n + 1)
+    pf = prob.astype(np.float32, copy=False)
+    maxp = np.asarray(ndimage.maximum(pf, labels, index), dtype=float).reshape(-1)
+    cores = np.bincount(labels[pf >= params.core_prob].ravel(), minlength=n + 1)[1:]
+    vol = counts * float(np.prod(spacing))
+    dist = np.linalg.norm((centroids - centre_vox) * spacing, axis=1)
+    t_centre = np.exp(-0.5 * (dist / params.centre_sigma_mm) ** 2)
+    core_frac = cores.astype(float) / counts
+    t_core = np.where(
+        maxp >= params.core_prob, np.minimum(1.0, core_frac / params.core_fraction_full), 0.0
+    )
+    lo, hi = params.volume_range_mm3
+    return Components(
+        labels=labels,
+        bboxes=stats["bounding_boxes"][1:],
+        counts=counts,
+        vol=vol,
+        dist=dist,
+        maxp=maxp,
+        core_frac=core_frac,
+        score=0.4 * t_centre + 0.3 * t_core + 0.3 * _volume_term(vol, lo, hi),
+        frag_score=0.4 * t_centre + 0.3 * t_core + 0.3 * _volume_term(vol, 0.0, hi),
+    )
+
+
+def grow_fragments(
+    comps: Components, best: int, spacing: np.ndarray, params: CleanupParams
+) -> tuple[list[int], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Add labyrinth-like pieces near the kept set to component ``best``, repeatedly.
+
+    A piece joins when its gap (empty space, mm) to the kept set is <= ``max_gap_mm``, its
+    maximum probability >= ``core_prob`` and fragment score >= ``min_score``, and the kept
+    total stays <= ``max_total_volume_mm3``. Returns ``(kept, kept records, dropped records)``.
+    """
+    p = params
+    kept = [best]
+    kept_rec = [comps.record(best, "best labyrinth score")]
+    total = float(comps.vol[best])
+    decided = {best}
+    likeness = (comps.maxp >= p.core_prob) & (comps.frag_score >= p.min_score)
+    candidates = [i for i in range(comps.n) if i != best and likeness[i]]
+    gaps: dict[int, float] = {}
+    while candidates:
+        gap = _gaps_to(comps.labels, kept, comps.bboxes, candidates, spacing, p.max_gap_mm)
+        gaps.update(gap)
+        near = sorted((i for i in candidates if gap[i] <= p.max_gap_mm), key=lambda i: gap[i])
+        added = False
+        for i in near:
+            if total + comps.vol[i] > p.max_total_volume_mm3:
+                continue
+            kept.append(i)
+            kept_rec.append(comps.record(i, "labyrinth fragment near kept component", gap[i]))
+            total += float(comps.vol[i])
+            decided.add(i)
+            added = True
+        candidates = [i for i in candidates if i not in decided]
+        if not added:
+            break
+
+    dropped = []
+    for i in range(comps.n):
+        if i in decided:
+            continue
+        g = gaps.get(i)
+        if comps.maxp[i] < p.core_prob:
+            reason = f"low confidence (max prob {comps.maxp[i]:.2f} < {p.core_prob})"
+        elif not likeness[i]:
+            reason = (
+                f"not labyrinth-like (fragment score {comps.frag_score[i]:.2f} < {p.min_score})"
+            )
+        elif g is not None and g <= p.max_gap_mm:
+            reason = f"would exceed {p.max_total_volume_mm3:.0f} mm³ in total"
+        else:
+            reason = f"isolated (gap > {p.max_gap_mm} mm)"
+        dropped.append(comps.record(i, reason, g if g is not None and math.isfinite(g) else None))
+    return kept, kept_rec, dropped
+
+
+def fill_kept(comps: Components, kept: Sequence[int], fill_holes: bool) -> tuple[np.ndarray, int]:
+    """uint8 mask of the ``kept`` components, internal cavities filled when ``fill_holes``
+    (through-holes such as the canal loops stay open); returns ``(mask, filled voxels)``."""
+    shape = comps.labels.shape
+    mask = np.zeros(shape, dtype=np.uint8)
+    filled = 0
+    for i in kept:
+        sl = _expand(comps.bboxes[i], 1, shape)
+        comp = comps.labels[sl] == i + 1
+        if fill_holes:
+            full = ndimage.binary_fill_holes(comp)
+            filled += int(full.sum() - comp.sum())
+            comp = full
+        mask[sl][comp] = 1
+    return mask, filled
+
+
 def threshold_and_clean(
     prob: np.ndarray,
     spacing_mm: float | Sequence[float],
     threshold: float = 0.5,
     *,
-    core_prob: float = 0.9,
-    core_fraction_full: float = 0.3,
-    volume_range_mm3: tuple[float, float] = (100.0, 400.0),
-    max_total_volume_mm3: float = 800.0,
-    centre_sigma_mm: float = 6.0,
+    params: CleanupParams | None = None,
     centre_vox: Sequence[float] | None = None,
-    max_gap_mm: float = 1.5,
-    min_score: float = 0.5,
-    fill_holes: bool = True,
+    **overrides: Any,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Threshold ``prob`` and keep the connected component(s) that look like the labyrinth.
 
@@ -34,32 +221,22 @@ def threshold_and_clean(
     never as simply the largest component (on a real crop the largest one can be CSF of
     the internal auditory canal or posterior fossa):
 
-    1. ``mask = prob >= threshold``; 26-connected components (cc3d).
-    2. Each component gets a score in [0, 1],
-       ``0.4·centre + 0.3·core + 0.3·volume``:
+    1. ``prob >= threshold``, 26-connected components scored as the labyrinth
+       (:func:`score_components`; ``centre_vox`` defaults to the array centre);
+    2. the best-scoring component is kept if its score >= ``min_score``; otherwise the mask
+       is empty and ``info["warning"]`` says why;
+    3. thin canals can break into pieces (0.5 mm acquisitions): labyrinth-like pieces near
+       the kept set join it (:func:`grow_fragments`); everything else is dropped;
+    4. internal cavities of each kept component are filled (:func:`fill_kept`).
 
-       * centre: ``exp(-d²/2σ²)``, d = distance (mm) of its centroid to the ROI centre
-         (``centre_vox``, default the array centre), σ = ``centre_sigma_mm``;
-       * core: the model is confident inside the labyrinth: fraction of its voxels with
-         ``prob >= core_prob`` divided by ``core_fraction_full`` (capped at 1); 0 when its
-         maximum probability is below ``core_prob``;
-       * volume: 1 inside ``volume_range_mm3`` (TFS of one ear ≈ 100–400 mm³), falling
-         off as a Gaussian of log2 of the ratio to the nearest bound (×2 or ÷2 → 0.61).
-    3. The best-scoring component is kept if its score ≥ ``min_score``; otherwise the
-       mask is empty and ``info["warning"]`` says why.
-    4. Thin canals can break into pieces (0.5 mm acquisitions), so any other component
-       whose gap (empty space, mm) to the kept set is ≤ ``max_gap_mm`` is added, repeatedly,
-       if it is labyrinth-like itself: maximum probability ≥ ``core_prob`` and a fragment
-       score ≥ ``min_score`` (as above, but small volumes are not penalised), and the kept
-       total stays ≤ ``max_total_volume_mm3``.  Everything else (isolated blobs, CSF,
-       low-confidence neighbours) is dropped.
-    5. Internal cavities of each kept component are filled (``binary_fill_holes``);
-       through-holes such as the loops of the semicircular canals stay open.
+    ``params`` (default :class:`CleanupParams`; a model card's ``cleanup``) with
+    ``overrides`` (its field names, e.g. ``max_gap_mm=0.3``) set steps 1–4.
 
     Returns ``(mask, info)``: ``mask`` uint8 (0/1) of ``prob``'s shape; ``info`` holds the
     parameters, ``kept`` and ``dropped`` components (volume, centroid distance, maximum
     probability, core fraction, score, gap, reason), ``filled_voxels`` and ``volume_mm3``.
     """
+    p = replace(params or CleanupParams(), **overrides)
     prob = np.asarray(prob)
     if prob.ndim != 3:
         raise ValueError(f"prob must be 3-D, got shape {prob.shape}")
@@ -74,12 +251,12 @@ def threshold_and_clean(
         "threshold": float(threshold),
         "spacing_mm": [float(s) for s in spacing],
         "params": {
-            "core_prob": core_prob,
-            "volume_range_mm3": list(volume_range_mm3),
-            "max_total_volume_mm3": max_total_volume_mm3,
-            "centre_sigma_mm": centre_sigma_mm,
-            "max_gap_mm": max_gap_mm,
-            "min_score": min_score,
+            "core_prob": p.core_prob,
+            "volume_range_mm3": list(p.volume_range_mm3),
+            "max_total_volume_mm3": p.max_total_volume_mm3,
+            "centre_sigma_mm": p.centre_sigma_mm,
+            "max_gap_mm": p.max_gap_mm,
+            "min_score": p.min_score,
         },
         "n_components": 0,
         "kept": [],
@@ -89,105 +266,26 @@ def threshold_and_clean(
         "volume_mm3": 0.0,
     }
     fg = np.asarray(prob >= threshold)
-    mask = np.zeros(prob.shape, dtype=np.uint8)
     if not fg.any():
         info["warning"] = "no voxel above threshold"
-        return mask, info
+        return np.zeros(prob.shape, dtype=np.uint8), info
 
-    labels, n = cc3d.connected_components(fg, connectivity=26, return_N=True)
-    info["n_components"] = int(n)
-    stats = cc3d.statistics(labels)
-    counts = np.asarray(stats["voxel_counts"], dtype=np.int64)[1:]
-    centroids = np.asarray(stats["centroids"], dtype=float)[1:]
-    bboxes = stats["bounding_boxes"][1:]
-    index = np.arange(1, n + 1)
-    pf = prob.astype(np.float32, copy=False)
-    maxp = np.asarray(ndimage.maximum(pf, labels, index), dtype=float).reshape(-1)
-    cores = np.bincount(labels[pf >= core_prob].ravel(), minlength=n + 1)[1:].astype(float)
-
-    vol = counts * voxel_mm3
-    dist = np.linalg.norm((centroids - centre) * spacing, axis=1)
-    t_centre = np.exp(-0.5 * (dist / centre_sigma_mm) ** 2)
-    core_frac = cores / counts
-    t_core = np.where(maxp >= core_prob, np.minimum(1.0, core_frac / core_fraction_full), 0.0)
-    lo, hi = volume_range_mm3
-    t_vol = _volume_term(vol, lo, hi)
-    t_vol_fragment = _volume_term(vol, 0.0, hi)
-    score = 0.4 * t_centre + 0.3 * t_core + 0.3 * t_vol
-    frag_score = 0.4 * t_centre + 0.3 * t_core + 0.3 * t_vol_fragment
-
-    def record(i: int, reason: str, gap: float | None = None) -> dict[str, Any]:
-        return {
-            "label": i + 1,
-            "voxels": int(counts[i]),
-            "volume_mm3": round(float(vol[i]), 3),
-            "centroid_dist_mm": round(float(dist[i]), 3),
-            "max_prob": round(float(maxp[i]), 4),
-            "core_fraction": round(float(core_frac[i]), 4),
-            "score": round(float(score[i]), 4),
-            "fragment_score": round(float(frag_score[i]), 4),
-            "gap_mm": None if gap is None else round(float(gap), 3),
-            "reason": reason,
-        }
-
-    best = int(np.argmax(score))
-    if score[best] < min_score:
+    comps = score_components(prob, fg, spacing, centre, p)
+    info["n_components"] = comps.n
+    best = int(np.argmax(comps.score))
+    if comps.score[best] < p.min_score:
         info["warning"] = (
-            f"no labyrinth-like component: best score {score[best]:.2f} < {min_score} "
-            f"({vol[best]:.0f} mm³, {dist[best]:.1f} mm from centre, max prob {maxp[best]:.2f})"
+            f"no labyrinth-like component: best score {comps.score[best]:.2f} < {p.min_score} "
+            f"({comps.vol[best]:.0f} mm³, {comps.dist[best]:.1f} mm from centre, "
+            f"max prob {comps.maxp[best]:.2f})"
         )
-        dropped = [record(i, "no labyrinth-like component") for i in range(n)]
-        _store_dropped(info, dropped)
-        return mask, info
+        _store_dropped(
+            info, [comps.record(i, "no labyrinth-like component") for i in range(comps.n)]
+        )
+        return np.zeros(prob.shape, dtype=np.uint8), info
 
-    kept = [best]
-    kept_rec = [record(best, "best labyrinth score")]
-    total = float(vol[best])
-    decided = {best}
-    likeness = (maxp >= core_prob) & (frag_score >= min_score)
-    candidates = [i for i in range(n) if i != best and likeness[i]]
-    gaps: dict[int, float] = {}
-    while candidates:
-        gap = _gaps_to(labels, kept, bboxes, candidates, spacing, max_gap_mm)
-        gaps.update(gap)
-        near = sorted((i for i in candidates if gap[i] <= max_gap_mm), key=lambda i: gap[i])
-        added = False
-        for i in near:
-            if total + vol[i] > max_total_volume_mm3:
-                continue
-            kept.append(i)
-            kept_rec.append(record(i, "labyrinth fragment near kept component", gap[i]))
-            total += float(vol[i])
-            decided.add(i)
-            added = True
-        candidates = [i for i in candidates if i not in decided]
-        if not added:
-            break
-
-    dropped = []
-    for i in range(n):
-        if i in decided:
-            continue
-        g = gaps.get(i)
-        if maxp[i] < core_prob:
-            reason = f"low confidence (max prob {maxp[i]:.2f} < {core_prob})"
-        elif not likeness[i]:
-            reason = f"not labyrinth-like (fragment score {frag_score[i]:.2f} < {min_score})"
-        elif g is not None and g <= max_gap_mm:
-            reason = f"would exceed {max_total_volume_mm3:.0f} mm³ in total"
-        else:
-            reason = f"isolated (gap > {max_gap_mm} mm)"
-        dropped.append(record(i, reason, g if g is not None and math.isfinite(g) else None))
-
-    filled = 0
-    for i in kept:
-        sl = _expand(bboxes[i], 1, prob.shape)
-        comp = labels[sl] == i + 1
-        if fill_holes:
-            full = ndimage.binary_fill_holes(comp)
-            filled += int(full.sum() - comp.sum())
-            comp = full
-        mask[sl][comp] = 1
+    kept, kept_rec, dropped = grow_fragments(comps, best, spacing, p)
+    mask, filled = fill_kept(comps, kept, p.fill_holes)
     info["kept"] = kept_rec
     _store_dropped(info, dropped)
     info["filled_voxels"] = filled

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from ievnet_bids.geometry.roi import RoiGrid
+from ievnet_bids.postprocess import CleanupParams
 
 RECENTRE_TOLERANCE_MM = 2.0
 
@@ -72,20 +73,21 @@ def segment_ears(
     slab_img: nib.spatialimages.SpatialImage | None = None,
     head_axes: np.ndarray | None = None,
     threshold: float = 0.5,
+    cleanup: CleanupParams | None = None,
     recentre: bool = True,
 ) -> list[EarRoi]:
     """Segment all ears in one batch; re-centre and re-segment those whose labyrinth lies
     more than 2 mm from the ROI centre (needs ``slab_img``).
 
     Each ear's ``info`` records the clean-up (kept/dropped components), the final centre and
-    how far re-centring moved it.
+    how far re-centring moved it. ``cleanup``: the model card's clean-up parameters.
     """
     from ievnet_bids.postprocess import threshold_and_clean
 
     def run(batch: list[EarRoi]) -> None:
         probs = segmenter.predict_proba(np.stack([e.image for e in batch]))
         for ear, prob in zip(batch, probs, strict=True):
-            mask, info = threshold_and_clean(prob, ear.grid.spacing, threshold)
+            mask, info = threshold_and_clean(prob, ear.grid.spacing, threshold, params=cleanup)
             ear.prob, ear.mask, ear.info = prob, mask, info
 
     run(ears)

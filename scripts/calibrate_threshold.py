@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         for tta, seg in segmenters.items():
             prob = seg.predict_proba(image)
             for j, t in enumerate(THRESHOLDS):
-                mask, _ = threshold_and_clean(prob, card.roi_spacing_mm, float(t))
+                mask, _ = threshold_and_clean(
+                    prob, card.roi_spacing_mm, float(t), params=card.cleanup
+                )
                 scores[tta][i, j] = dice(mask > 0, ref)
                 vols[tta][i, j] = mask.sum() / ref.sum() - 1
         at_half = scores[False][i, AT_HALF]

@@ -76,7 +76,9 @@ def main() -> None:
         img = nib.load(path)
         volume = np.asanyarray(img.dataobj, dtype=np.float32)
         prob = seg.predict_proba(volume)
-        mask, info = threshold_and_clean(prob, img.header.get_zooms()[:3], card.threshold)
+        mask, info = threshold_and_clean(
+            prob, img.header.get_zooms()[:3], card.threshold, params=card.cleanup
+        )
         raw = (prob >= card.threshold).sum() * 0.008
         title = (
             f"{path.name}: {card.name} — raw ≥0.5: {raw:.0f} mm³, "

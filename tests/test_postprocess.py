@@ -120,3 +120,20 @@ def test_threshold_and_anisotropic_spacing() -> None:
     assert mask.sum() == 32
     with pytest.raises(ValueError, match="spacing"):
         threshold_and_clean(prob, (0.5, 0.0, 1.0))
+
+
+def test_cleanup_parameters_are_a_record_carried_by_the_model_card():
+    from ievnet_bids.model.card import ModelCard
+    from ievnet_bids.postprocess import CleanupParams
+
+    params = CleanupParams(max_gap_mm=0.3)
+    assert CleanupParams.from_dict(params.to_dict()) == params
+    card = ModelCard.from_dict({"cleanup": {"max_gap_mm": 0.3}})
+    assert card.cleanup == params and card.to_dict()["cleanup"]["max_gap_mm"] == 0.3
+    assert ModelCard().cleanup == CleanupParams()  # cards without the field: the defaults
+    with pytest.raises(ValueError, match="cleanup"):
+        ModelCard.from_dict({"cleanup": {"gap": 1.0}})
+    with pytest.raises(ValueError):
+        CleanupParams(volume_range_mm3=(400.0, 100.0))
+    prob = np.zeros((8, 8, 8), np.float32)
+    assert threshold_and_clean(prob, SP, params=params)[1]["params"]["max_gap_mm"] == 0.3

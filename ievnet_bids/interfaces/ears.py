@@ -140,6 +140,7 @@ class SegmentEars(SimpleInterface):
             slab_img=nib.load(self.inputs.slab),
             head_axes=np.asarray(record["head_axes"]),
             threshold=card.threshold,
+            cleanup=card.cleanup,
         )
         cwd = Path(runtime.cwd)
         files = [save_ear(ear, cwd) for ear in ears]

@@ -3,7 +3,8 @@
 A card is plain JSON (no code is ever evaluated) stored beside the weights as
 ``<stem>.model_card.json``.  Defaults describe the published IE-Vnet (Ahmadi et al.,
 Front. Neurol. 2022): a MONAI residual UNet on a 200×150×100 ROI at 0.2 mm (RAS),
-zero-padded to 208×160×112, min/max intensity scaling, sigmoid, threshold 0.5.
+zero-padded to 208×160×112, min/max intensity scaling, sigmoid, threshold 0.5; ``cleanup``
+holds the mask clean-up settings (:class:`ievnet_bids.postprocess.CleanupParams`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ievnet_bids.atomic import write_text_atomic
+from ievnet_bids.postprocess import CleanupParams
 
 ROI_SHAPE: tuple[int, int, int] = (200, 150, 100)
 ROI_SPACING_MM: float = 0.2
@@ -78,6 +80,7 @@ class ModelCard:
     normalization: str = "minmax"
     output_activation: str = "auto"
     threshold: float = 0.5
+    cleanup: CleanupParams = field(default_factory=CleanupParams)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     date: str = ""
@@ -92,6 +95,11 @@ class ModelCard:
             value = getattr(self, name)
             if isinstance(value, dict):
                 object.__setattr__(self, name, copy.deepcopy(value))
+        if isinstance(self.cleanup, dict):
+            try:
+                object.__setattr__(self, "cleanup", CleanupParams.from_dict(self.cleanup))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"field 'cleanup': {exc}") from None
         self._validate()
 
     # ------------------------------------------------------------------ validation
@@ -136,6 +144,8 @@ class ModelCard:
             raise bad("output_activation", "softmax needs out_channels >= 2")
         if not _is_number(self.threshold) or not 0.0 < self.threshold < 1.0:
             raise bad("threshold", f"must be in (0, 1), got {self.threshold!r}")
+        if not isinstance(self.cleanup, CleanupParams):
+            raise bad("cleanup", "must be a JSON object of clean-up parameters")
         for name in ("training", "metrics"):
             if not isinstance(getattr(self, name), dict):
                 raise bad(name, "must be a JSON object")
@@ -191,6 +201,7 @@ class ModelCard:
         d = asdict(self)
         d["roi_shape"] = list(self.roi_shape)
         d["pad_shape"] = list(self.pad_shape)
+        d["cleanup"] = self.cleanup.to_dict()
         return d
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:

@@ -363,7 +363,9 @@ def validate(
     clean, raw = [], []
     for image, ref in cases:
         prob = seg.predict_proba(image)
-        mask, _ = threshold_and_clean(prob, card.roi_spacing_mm, card.threshold)
+        mask, _ = threshold_and_clean(
+            prob, card.roi_spacing_mm, card.threshold, params=card.cleanup
+        )
         clean.append(dice(mask, ref))
         raw.append(dice(prob >= card.threshold, ref))
     model.train()
