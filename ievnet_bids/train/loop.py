@@ -22,7 +22,7 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -392,9 +392,109 @@ def _prepare_sources(config: TrainConfig) -> dict[str, Any]:
     return {"sources": sources, "pairs": pairs}
 
 
-def train(config: TrainConfig) -> Path:
-    """Train (or resume) a run; returns the path of ``best.safetensors``."""
-    t_start = time.monotonic()
+@dataclass
+class _Run:
+    """The state of one training run: built by :func:`_setup`, advanced by :func:`_step`,
+    validated and saved by :func:`_validate_and_save` and :meth:`checkpoint`."""
+
+    config: TrainConfig
+    device: torch.device
+    amp: bool
+    aug_on_device: bool
+    sources: dict[str, Any]
+    val_cases: list[tuple[np.ndarray, np.ndarray]]
+    np_rng: np.random.Generator
+    card: ModelCard
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: MaskedLoss
+    fwd: Any = None
+    spatial: Any = None
+    loader: Any = None
+    commit: str = ""
+    initialised_from: str | None = None
+    step: int = 0
+    best: float = -math.inf
+    best_step: int = 0
+    best_raw: float = math.nan
+    prev_seconds: float = 0.0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    t_loop: float = 0.0
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.run_dir
+
+    def seconds(self) -> float:
+        """Training time so far, earlier sessions of a resumed run included."""
+        return self.prev_seconds + time.monotonic() - self.t_loop
+
+    def training_info(self, seconds: float) -> dict[str, Any]:
+        """The model card's ``training`` entry at this step."""
+        config = self.config
+        return {
+            "data_sources": self.sources,
+            "targets": ["tfs", "other_fluid"][: config.out_channels],
+            "augmentations": D.augmentation_names(config.elastic),
+            "loss": f"{config.loss} (MONAI DiceLoss sigmoid, per sample and channel)"
+            + (f", BCE weight {config.bce_weight:g}" if config.loss == "dicebce" else ""),
+            "optimizer": f"Adam lr={config.lr}",
+            "initialised_from": self.initialised_from,
+            "seed": config.seed,
+            "steps": self.step,
+            "batch_size": config.batch_size,
+            "crop": list(config.crop),
+            "pos_fraction": config.pos_fraction,
+            "device": self.device.type,
+            "amp_bf16": self.amp,
+            "git_commit": self.commit,
+            "wall_time_s": round(seconds, 1),
+            "framework": f"torch {torch.__version__}, MONAI {_monai_version()}",
+        }
+
+    def metrics(self) -> dict[str, Any]:
+        """The model card's ``metrics`` entry of the best validation so far."""
+        return {
+            "val_dice": round(self.best, 5),
+            "val_dice_raw": None if math.isnan(self.best_raw) else round(self.best_raw, 5),
+            "val_best_step": self.best_step,
+            "val_cases": len(self.val_cases),
+            "val_seed_start": VAL_SEED_START,
+        }
+
+    def save(self, name: str, seconds: float, with_metrics: bool) -> None:
+        """Weights and card (dated today) as ``run_dir/name``."""
+        card = replace(
+            self.card,
+            date=datetime.now(UTC).strftime("%Y-%m-%d"),
+            training=self.training_info(seconds),
+            metrics=self.metrics() if with_metrics else {},
+        )
+        save_model(self.model, card, self.run_dir / name)
+
+    def checkpoint(self, seconds: float) -> None:
+        """``last.safetensors``, ``state.pt`` (for --resume), the log and the curve."""
+        self.save("last.safetensors", seconds, self.best > -math.inf)
+        _save_state(
+            self.run_dir / STATE_FILE,
+            {
+                "step": self.step,
+                "model": _cpu_state_dict(self.model),
+                "optimizer": _to_cpu(self.optimizer.state_dict()),
+                "rng": _rng_states(self.np_rng),
+                "best_dice": self.best,
+                "best_step": self.best_step,
+                "best_dice_raw": self.best_raw,
+                "seconds": seconds,
+                "config": json.dumps(self.config.to_dict()),
+            },
+        )
+        write_log(self.run_dir / "training_log.tsv", self.rows)
+        plot_curve(self.run_dir / "training_curve.png", self.rows)
+
+
+def _setup(config: TrainConfig) -> _Run:
+    """Check the run folder and sources, seed everything, build (or resume) the model."""
     run_dir = config.run_dir
     state_path = run_dir / STATE_FILE
     if config.resume and not state_path.is_file():
@@ -416,15 +516,12 @@ def train(config: TrainConfig) -> Path:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     amp = (cuda and torch.cuda.is_bf16_supported()) if config.amp is None else config.amp
-    amp = bool(amp and cuda)
-    aug_on_device = cuda if config.aug_on_device is None else config.aug_on_device
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(
         json.dumps(config.to_dict(), indent=2) + "\n", run_dir / "config.json", fsync=True
     )
-    val_paths = D.validation_set(run_dir / "val", config.val_seeds)
-    val_cases = D.load_validation(val_paths)
+    val_cases = D.load_validation(D.validation_set(run_dir / "val", config.val_seeds))
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -432,215 +529,184 @@ def train(config: TrainConfig) -> Path:
     np_rng = np.random.default_rng(config.seed)
     card = config.card()
     model = build_network(card).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loss_fn = MaskedLoss(config.loss, config.bce_weight)
-
-    step, best, best_step, prev_seconds = 0, -math.inf, 0, 0.0
-    best_raw = math.nan
-    rows: list[dict[str, Any]] = []
+    run = _Run(
+        config=config,
+        device=device,
+        amp=bool(amp and cuda),
+        aug_on_device=cuda if config.aug_on_device is None else config.aug_on_device,
+        sources=prepared["sources"],
+        val_cases=val_cases,
+        np_rng=np_rng,
+        card=card,
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
+        loss_fn=MaskedLoss(config.loss, config.bce_weight),
+    )
     if config.resume:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        saved = json.loads(state["config"])
-        for key in ("out_channels", "channels", "num_res_units"):
-            if saved.get(key) != config.to_dict()[key]:
-                raise TrainError(
-                    f"--resume: {key} {config.to_dict()[key]} differs from the run's "
-                    f"{saved.get(key)} ({run_dir})"
-                )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # the --lr given now wins over the saved one
-            group["lr"] = config.lr
-        _restore_rng(state["rng"], np_rng)
-        step = int(state["step"])
-        if saved.get("val_seeds") == config.val_seeds:
-            best, best_step = float(state["best_dice"]), int(state["best_step"])
-            best_raw = float(state.get("best_dice_raw", math.nan))
-        # else: another validation set: its Dice is not comparable, the best restarts
-        prev_seconds = float(state["seconds"])
-        rows = [r for r in read_log(run_dir / "training_log.tsv") if r["step"] <= step]
+        _resume(run, torch.load(state_path, map_location="cpu", weights_only=True))
     elif config.init is not None:
         model.load_state_dict(_init_weights(config, model))
+    run.fwd = torch.compile(model) if config.compile else model
+    _make_loader(run, prepared["pairs"])
+    run.commit = git_commit()
+    run.initialised_from = _init_description(config)
+    return run
 
-    fwd: Any = torch.compile(model) if config.compile else model
-    spatial = D.SpatialAugment(
-        config.crop, config.pos_fraction, config.elastic, device=device if aug_on_device else None
+
+def _resume(run: _Run, state: dict[str, Any]) -> None:
+    """Restore model, optimizer, RNG states, step, best and log from ``state.pt``."""
+    config = run.config
+    saved = json.loads(state["config"])
+    for key in ("out_channels", "channels", "num_res_units"):
+        if saved.get(key) != config.to_dict()[key]:
+            raise TrainError(
+                f"--resume: {key} {config.to_dict()[key]} differs from the run's "
+                f"{saved.get(key)} ({run.run_dir})"
+            )
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    for group in run.optimizer.param_groups:  # the --lr given now wins over the saved one
+        group["lr"] = config.lr
+    _restore_rng(state["rng"], run.np_rng)
+    run.step = int(state["step"])
+    if saved.get("val_seeds") == config.val_seeds:
+        run.best, run.best_step = float(state["best_dice"]), int(state["best_step"])
+        run.best_raw = float(state.get("best_dice_raw", math.nan))
+    # else: another validation set: its Dice is not comparable, the best restarts
+    run.prev_seconds = float(state["seconds"])
+    run.rows = [r for r in read_log(run.run_dir / "training_log.tsv") if r["step"] <= run.step]
+
+
+def _make_loader(run: _Run, pairs: list[tuple[Path, Path]]) -> None:
+    """The training stream from ``run.step`` on, spatial augmentation on the device or not."""
+    config, device = run.config, run.device
+    run.spatial = D.SpatialAugment(
+        config.crop,
+        config.pos_fraction,
+        config.elastic,
+        device=device if run.aug_on_device else None,
     )
     pool_w, synth_w, data_w = config.effective_weights()
     stream = D.TrainStream(
         out_channels=config.out_channels,
         crop=config.crop,
-        spatial=None if aug_on_device else spatial,
+        spatial=None if run.aug_on_device else run.spatial,
         seed=config.seed,
-        start_step=step,
+        start_step=run.step,
         pool=config.pool,
         pool_weight=pool_w,
         synthetic_weight=synth_w,
-        data_pairs=prepared["pairs"],
+        data_pairs=pairs,
         data_weight=data_w,
         pool_refresh_samples=D.pool_refresh_samples(
             config.pool_refresh, config.batch_size, config.workers
         ),
         reuse=config.reuse,
     )
-    if aug_on_device:
-        spatial.set_random_state(
-            int(np.random.default_rng([config.seed, step, 1 << 20]).integers(2**31))
+    if run.aug_on_device:
+        run.spatial.set_random_state(
+            int(np.random.default_rng([config.seed, run.step, 1 << 20]).integers(2**31))
         )
-    loader = D.make_loader(
-        stream, config.batch_size, config.workers, seed=config.seed + step, pin_memory=cuda
+    run.loader = D.make_loader(
+        stream,
+        config.batch_size,
+        config.workers,
+        seed=config.seed + run.step,
+        pin_memory=device.type == "cuda",
     )
 
-    commit = git_commit()
-    initialised_from = _init_description(config)
 
-    def training_info(steps_done: int, seconds: float) -> dict[str, Any]:
-        return {
-            "data_sources": prepared["sources"],
-            "targets": ["tfs", "other_fluid"][: config.out_channels],
-            "augmentations": D.augmentation_names(config.elastic),
-            "loss": f"{config.loss} (MONAI DiceLoss sigmoid, per sample and channel)"
-            + (f", BCE weight {config.bce_weight:g}" if config.loss == "dicebce" else ""),
-            "optimizer": f"Adam lr={config.lr}",
-            "initialised_from": initialised_from,
-            "seed": config.seed,
-            "steps": steps_done,
-            "batch_size": config.batch_size,
-            "crop": list(config.crop),
-            "pos_fraction": config.pos_fraction,
-            "device": device.type,
-            "amp_bf16": amp,
-            "git_commit": commit,
-            "wall_time_s": round(seconds, 1),
-            "framework": f"torch {torch.__version__}, MONAI {_monai_version()}",
-        }
+def _step(run: _Run, batch: dict[str, torch.Tensor], autocast: Any) -> dict[str, Any]:
+    """One optimizer step on ``batch``; returns (and logs) its row."""
+    x = batch["image"].to(run.device, non_blocking=True)
+    y = batch["target"].to(run.device, non_blocking=True).float()
+    w = batch["weight"].to(run.device, non_blocking=True)
+    if run.aug_on_device:
+        x, y = run.spatial(x, y)
+    with autocast():
+        logits = run.fwd(x)
+    loss = run.loss_fn(logits.float(), y, w)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.step += 1
+    row: dict[str, Any] = {
+        "step": run.step,
+        "loss": float(loss.detach()),
+        "val_dice": None,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "seconds": round(run.seconds(), 3),
+        "val_dice_raw": None,
+    }
+    run.rows.append(row)
+    return row
 
-    def metrics(best_dice: float, raw: float, at: int) -> dict[str, Any]:
-        return {
-            "val_dice": round(best_dice, 5),
-            "val_dice_raw": None if math.isnan(raw) else round(raw, 5),
-            "val_best_step": at,
-            "val_cases": len(val_cases),
-            "val_seed_start": VAL_SEED_START,
-        }
 
-    def stamp(c: ModelCard, **changes: Any) -> ModelCard:
-        return replace(c, date=datetime.now(UTC).strftime("%Y-%m-%d"), **changes)
+def _validate_and_save(run: _Run, row: dict[str, Any]) -> str:
+    """Validate, keep the best weights and checkpoint; returns the progress line."""
+    config = run.config
+    if run.val_cases:
+        vd, vr = validate(run.model, run.card, run.val_cases, run.device, config.val_batch)
+        row["val_dice"], row["val_dice_raw"] = vd, vr
+    else:
+        vd, vr = 0.0, math.nan
+    if not run.val_cases or vd > run.best:
+        run.best, run.best_raw, run.best_step = vd, vr, run.step
+        run.save("best.safetensors", run.seconds(), bool(run.val_cases))
+    seconds = run.seconds()
+    run.checkpoint(seconds)
+    val_text = (
+        f"val Dice {vd:.4f} (raw {vr:.4f})  best {run.best:.4f} @ {run.best_step}"
+        if run.val_cases
+        else "no validation set (best = last)"
+    )
+    return f"step {run.step}/{config.steps}  loss {row['loss']:.4f}  {val_text}  {seconds:.0f} s"
 
-    def checkpoint(seconds: float) -> None:
-        save_model(
-            model,
-            stamp(
-                card,
-                training=training_info(step, seconds),
-                metrics=metrics(best, best_raw, best_step) if best > -math.inf else {},
-            ),
-            run_dir / "last.safetensors",
-        )
-        _save_state(
-            state_path,
-            {
-                "step": step,
-                "model": _cpu_state_dict(model),
-                "optimizer": _to_cpu(optimizer.state_dict()),
-                "rng": _rng_states(np_rng),
-                "best_dice": best,
-                "best_step": best_step,
-                "best_dice_raw": best_raw,
-                "seconds": seconds,
-                "config": json.dumps(config.to_dict()),
-            },
-        )
-        write_log(run_dir / "training_log.tsv", rows)
-        plot_curve(run_dir / "training_curve.png", rows)
 
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) a run; returns the path of ``best.safetensors``."""
     from tqdm.auto import tqdm
 
+    t_start = time.monotonic()
+    run = _setup(config)
     show = sys.stderr.isatty() if config.progress is None else config.progress
-    bar = tqdm(total=config.steps, initial=step, disable=not show, unit="step", file=sys.stderr)
+    bar = tqdm(total=config.steps, initial=run.step, disable=not show, unit="step", file=sys.stderr)
     autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if run.amp
+        else contextlib.nullcontext
     )
     limit_s = None if config.time_limit_min is None else config.time_limit_min * 60.0
     last_val_s = 0.0
-    t_loop = time.monotonic()
-    batches = iter(loader)
-    model.train()
+    run.t_loop = time.monotonic()
+    batches = iter(run.loader)
+    run.model.train()
     try:
-        while step < config.steps:
-            batch = next(batches)
-            x = batch["image"].to(device, non_blocking=True)
-            y = batch["target"].to(device, non_blocking=True).float()
-            w = batch["weight"].to(device, non_blocking=True)
-            if aug_on_device:
-                x, y = spatial(x, y)
-            with autocast():
-                logits = fwd(x)
-            loss = loss_fn(logits.float(), y, w)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            seconds = prev_seconds + time.monotonic() - t_loop
-            row: dict[str, Any] = {
-                "step": step,
-                "loss": float(loss.detach()),
-                "val_dice": None,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": round(seconds, 3),
-                "val_dice_raw": None,
-            }
-            rows.append(row)
+        while run.step < config.steps:
+            row = _step(run, next(batches), autocast)
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", best=f"{max(best, 0.0):.4f}")
+            bar.set_postfix(loss=f"{row['loss']:.4f}", best=f"{max(run.best, 0.0):.4f}")
             elapsed = time.monotonic() - t_start
             out_of_time = limit_s is not None and elapsed + last_val_s >= limit_s
-            if step % config.val_every == 0 or step >= config.steps or out_of_time:
+            if run.step % config.val_every == 0 or run.step >= config.steps or out_of_time:
                 t_val = time.monotonic()
-                if val_cases:
-                    vd, vr = validate(model, card, val_cases, device, config.val_batch)
-                    row["val_dice"], row["val_dice_raw"] = vd, vr
-                else:
-                    vd, vr = 0.0, math.nan
-                if not val_cases or vd > best:
-                    best, best_raw, best_step = vd, vr, step
-                    seconds = prev_seconds + time.monotonic() - t_loop
-                    save_model(
-                        model,
-                        stamp(
-                            card,
-                            training=training_info(step, seconds),
-                            metrics=metrics(best, best_raw, best_step) if val_cases else {},
-                        ),
-                        run_dir / "best.safetensors",
-                    )
-                seconds = prev_seconds + time.monotonic() - t_loop
-                checkpoint(seconds)
+                line = _validate_and_save(run, row)
                 last_val_s = time.monotonic() - t_val
-                val_text = (
-                    f"val Dice {vd:.4f} (raw {vr:.4f})  best {best:.4f} @ {best_step}"
-                    if val_cases
-                    else "no validation set (best = last)"
-                )
-                tqdm.write(
-                    f"step {step}/{config.steps}  loss {row['loss']:.4f}  {val_text}  "
-                    f"{seconds:.0f} s",
-                    file=sys.stderr,
-                )
-                if out_of_time and step < config.steps:
+                tqdm.write(line, file=sys.stderr)
+                if out_of_time and run.step < config.steps:
                     tqdm.write(
-                        f"time limit of {config.time_limit_min} min reached at step {step}",
+                        f"time limit of {config.time_limit_min} min reached at step {run.step}",
                         file=sys.stderr,
                     )
                     break
-            elif step % config.log_every == 0:
-                write_log(run_dir / "training_log.tsv", rows)
+            elif run.step % config.log_every == 0:
+                write_log(run.run_dir / "training_log.tsv", run.rows)
     finally:
         bar.close()
         del batches
-    best_path = run_dir / "best.safetensors"
+    best_path = config.run_dir / "best.safetensors"
     if not best_path.is_file():  # resumed at/after the final step of a finished run
-        raise TrainError(f"{run_dir}: no best.safetensors was written")
+        raise TrainError(f"{config.run_dir}: no best.safetensors was written")
     return best_path
 
 
