@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("analysis_level", choices=["participant", "group"], help="processing stage")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
 
+    _add_input_options(p)
+    _add_model_options(p)
+    _add_run_options(p)
+    return p
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    """Options that select the input images."""
     g = p.add_argument_group("selecting inputs")
     g.add_argument(
         "--participant-label",
@@ -151,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="pybids index (SQLite) to create once and reuse; delete it after adding files",
     )
 
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """Model, inference and localization options."""
     g = p.add_argument_group("model and localization")
     g.add_argument("--model", type=Path, metavar="PATH", help="weights; default: shipped model")
     g.add_argument(
@@ -191,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="group level: reference masks to evaluate the segmentations against",
     )
 
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Performance, work folder and run-control options."""
     g = p.add_argument_group("performance and run control")
     g.add_argument(
         "-w",
@@ -230,7 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="accepted for compatibility; does nothing: ievnet-bids never sends anything anywhere",
     )
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv)")
-    return p
 
 
 def _abs(path: Path) -> Path:

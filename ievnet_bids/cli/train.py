@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ievnet_bids.synth.seeds import HOLDOUT_SEED_START, VAL_SEED_START
+
 PROG = "ievnet-train"
 EXIT_OK, EXIT_BAD, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -30,14 +32,23 @@ def _tristate(value: str) -> bool | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ievnet_bids.synth.seeds import HOLDOUT_SEED_START, VAL_SEED_START
-
     p = argparse.ArgumentParser(
         prog=PROG,
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder")
+
+    _add_source_options(p)
+    _add_model_options(p)
+    _add_augmentation_options(p)
+    _add_optimisation_options(p)
+    _add_validation_options(p)
+    return p
+
+
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    """Training data sources and their weights."""
     src = p.add_argument_group("data sources (mixed by weight)")
     src.add_argument(
         "--pool", type=Path, metavar="DIR", help="folder of pre-generated phantom-*.npz"
@@ -75,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         "phantoms on the fly is the bottleneck",
     )
 
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """Network and initialisation options."""
     m = p.add_argument_group("model")
     m.add_argument(
         "--out-channels",
@@ -96,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fresh optimizer: fine-tuning, e.g. of the shipped model",
     )
 
+
+def _add_augmentation_options(p: argparse.ArgumentParser) -> None:
+    """Augmentation, crop and batch options."""
     a = p.add_argument_group("augmentation and batches")
     a.add_argument(
         "--crop", type=int, nargs=3, metavar=("X", "Y", "Z"), default=[96, 96, 64],
@@ -127,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=0, metavar="N", help="data loader worker processes"
     )
 
+
+def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
+    """Loss, optimiser, steps and device options."""
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=int, default=1000, metavar="N", help="total optimizer steps")
     o.add_argument(
@@ -150,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--seed", type=int, default=0, metavar="N")
     o.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
 
+
+def _add_validation_options(p: argparse.ArgumentParser) -> None:
+    """Validation and logging options."""
     v = p.add_argument_group("validation")
     v.add_argument(
         "--val-seeds", type=int, default=4, metavar="N",
@@ -164,7 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress", type=_tristate, default=None, metavar="{auto,on,off}",
         help="tqdm progress bar (auto: on a terminal)",
     )  # fmt: skip
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
