@@ -27,6 +27,7 @@ import pandas as pd
 from ievnet_bids.bids import derivatives as D
 from ievnet_bids.config import RunConfig
 from ievnet_bids.reports import group as G
+from ievnet_bids.reports import qc as Q
 from ievnet_bids.reports.participant import REPORT_BIDSIGNORE
 
 LOG = logging.getLogger("ievnet_bids")
@@ -63,7 +64,7 @@ def _session_summary(pairs: pd.DataFrame) -> list[dict[str, Any]]:
     if pairs.empty or pairs["session_id"].nunique() < 2:
         return []
     rows = []
-    for ses, part in sorted(pairs.groupby("session_id"), key=lambda kv: G._session_key(kv[0])):
+    for ses, part in sorted(pairs.groupby("session_id"), key=lambda kv: G.session_key(kv[0])):
         rows.append(
             {
                 "session": ses,
@@ -162,7 +163,7 @@ def write_group_outputs(config: RunConfig, frame: pd.DataFrame, seconds_read: fl
         outliers=outlier_rows,
         n_outliers=n_outliers,
         flag_counts=flag_counts,
-        flag_help=G.Q.FLAG_HELP,
+        flag_help=Q.FLAG_HELP,
         evaluation=evaluation,
         metric_labels=G.METRIC_LABELS,
         tsv=GROUP_TSV,
