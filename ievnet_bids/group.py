@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ievnet_bids import qc as Q
 from ievnet_bids.bids import derivatives as D
 from ievnet_bids.config import RunConfig
 from ievnet_bids.reports import group as G
-from ievnet_bids.reports import qc as Q
 from ievnet_bids.reports.participant import REPORT_BIDSIGNORE
 
 LOG = logging.getLogger("ievnet_bids")

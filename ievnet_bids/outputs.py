@@ -1,6 +1,6 @@
 """Compose one slab's BIDS-Derivatives (masks, probsegs, dseg, volumes table) and QC flags.
 
-The QC checks live in :mod:`ievnet_bids.reports.qc`; the volumes table carries the flags that
+The QC checks live in :mod:`ievnet_bids.qc`; the volumes table carries the flags that
 the native-grid mask alone decides (volume, components, refinement move, slab edge). The
 report node adds the ROI-grid checks (canal loops, boundary probability) in
 ``..._desc-tfs_qc.json``.
@@ -19,7 +19,7 @@ import numpy as np
 
 from ievnet_bids.bids import derivatives as D
 from ievnet_bids.geometry.extract import image_like
-from ievnet_bids.reports.qc import (  # noqa: F401  (re-exported: the QC lives in reports.qc)
+from ievnet_bids.qc import (  # noqa: F401  (re-exported: the QC lives in ievnet_bids.qc)
     EXPECTED_VOLUME_MM3,
     MAX_REFINEMENT_MOVE_MM,
     component_volumes,

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ievnet_bids import qc as Q
 from ievnet_bids.bids import derivatives as D
-from ievnet_bids.reports import qc as Q
 
 SIDES = ("left", "right")
 MASK_SHAPE = (24, 24, 24)

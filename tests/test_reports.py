@@ -11,8 +11,8 @@ import pytest
 from fake_outputs import write_unit
 from scipy import ndimage
 
+from ievnet_bids import qc as Q
 from ievnet_bids.reports import figures as F
-from ievnet_bids.reports import qc as Q
 from ievnet_bids.reports.html import missing_links
 from ievnet_bids.reports.participant import write_subject_report, write_unit_status
 from ievnet_bids.synth import labels as L

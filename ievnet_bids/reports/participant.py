@@ -29,9 +29,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from ievnet_bids import qc as Q
 from ievnet_bids.bids import derivatives as D
 from ievnet_bids.reports import figures as F
-from ievnet_bids.reports import qc as Q
 
 LOG = logging.getLogger("ievnet_bids")
 SIDES = ("left", "right")

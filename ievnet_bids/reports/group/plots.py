@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ievnet_bids import qc as Q
 from ievnet_bids.reports import figures as F
-from ievnet_bids.reports import qc as Q
 from ievnet_bids.reports.group.read import SIDES, numeric
 from ievnet_bids.reports.group.statistics import session_key
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ievnet_bids import qc as Q
 from ievnet_bids.bids import derivatives as D
-from ievnet_bids.reports import qc as Q
 
 SIDES = ("left", "right")
 EVAL_METRICS = ("dice", "hausdorff_mm", "hd95_mm", "msd_mm")
