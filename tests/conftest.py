@@ -49,7 +49,8 @@ def _link_tree(src: Path, dst: Path) -> Path:
 
 def _write_tiny_bids(root: Path, files: list[str]) -> Path:
     """A minimal BIDS dataset: ``dataset_description.json`` plus ``files`` (relative paths;
-    ``.nii.gz`` files are 2×2×2 NIfTI images with 0.5 mm voxels, others are ``{}``)."""
+    ``.nii.gz`` files are 40×40×40 NIfTI images of zeros with 0.5 mm voxels, just large enough
+    for the input check, others are ``{}``)."""
     import json
 
     import nibabel as nib
@@ -63,7 +64,7 @@ def _write_tiny_bids(root: Path, files: list[str]) -> Path:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if rel.endswith(".nii.gz"):
-            img = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.diag([0.5, 0.5, 0.5, 1]))
+            img = nib.Nifti1Image(np.zeros((40, 40, 40), np.uint8), np.diag([0.5, 0.5, 0.5, 1]))
             img.header.set_xyzt_units("mm", "sec")
             nib.save(img, path)
         else:

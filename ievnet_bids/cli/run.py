@@ -1,6 +1,7 @@
 """``ievnet-bids bids_dir output_dir {participant,group}``: the orchestrator.
 
-parse → check the BIDS input → query → hand over to the level's runner → exit status.
+parse → check the BIDS input → query → check the model, the folders and every selected image
+(:mod:`ievnet_bids.checks`) → hand over to the level's runner → exit status.
 The runners are ``ievnet_bids.workflows.execution.run_participant_level(config, inputs)`` and
 ``ievnet_bids.group.run_group_level(config)``, imported when used (:func:`run_level`); each
 returns a mapping ``{unit name: one-line reason}`` of the participants (or sessions) that
@@ -37,16 +38,20 @@ def run_level(config: RunConfig, inputs: Sequence[SubjectInputs] = ()) -> Mappin
     return run_group_level(config)
 
 
-def _run_level(config: RunConfig, inputs: Sequence[SubjectInputs] = ()) -> ExitCode:
+def _run_level(
+    config: RunConfig, inputs: Sequence[SubjectInputs] = (), n_unusable: int = 0
+) -> ExitCode:
+    """Run the level; ``n_unusable`` units already failed the input check (and said why)."""
     try:
-        failures = run_level(config, inputs)
+        failures = run_level(config, inputs) if inputs or n_unusable == 0 else {}
     except Exception:
         LOG.exception("the run failed")
         return ExitCode.SUBJECT_FAILED
     for name, reason in sorted(failures.items()):
         LOG.error("%s failed: %s", name, reason)
-    if failures:
-        LOG.error("%d participant/session(s) failed", len(failures))
+    n_failed = len(failures) + n_unusable
+    if n_failed:
+        LOG.error("%d participant/session(s) failed", n_failed)
         return ExitCode.SUBJECT_FAILED
     return ExitCode.OK
 
@@ -87,9 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.NO_IMAGES
 
     if config.analysis_level == "participant":
+        from ievnet_bids.checks import CheckError, check_model, check_units, check_writable_folder
+
+        try:
+            check_writable_folder(config.output_dir, "output_dir")
+            check_writable_folder(config.work_dir, "--work-dir")
+            check_model(config.model)
+        except CheckError as err:
+            LOG.error("%s", err)
+            return ExitCode.USAGE
+        inputs, unusable = check_units(inputs)
+        for name, problem in sorted(unusable.items()):
+            LOG.error("%s: %s", name, problem)
         n_slabs = sum(len(i.slabs) for i in inputs)
         LOG.info("%d participant/session(s), %d slab image(s)", len(inputs), n_slabs)
-        return int(_run_level(config, inputs))
+        return int(_run_level(config, inputs, len(unusable)))
     return int(_run_level(config))
 
 
