@@ -105,7 +105,7 @@ def test_one_piece_is_returned_unchanged():
 
 
 def test_a_broken_canal_loop_is_closed_ahead_of_its_tip():
-    from ievnet_bids.reports.qc import topology
+    from ievnet_bids.qc import topology
 
     full = ring()
     open_ring, gap = cut(full, 0.8)  # a C: one piece, no loop
