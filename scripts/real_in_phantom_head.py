@@ -24,9 +24,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ievnet_bids.geometry.extract import box_around, sub_grid
 from ievnet_bids.geometry.roi import RoiGrid, resample
 from ievnet_bids.metrics import dice
-from ievnet_bids.synth.head import fade_weight, roi_box_in, save_nifti, sub_grid, write_bids_dataset
+from ievnet_bids.synth.head import fade_weight, save_nifti, write_bids_dataset
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ievnet-samples"
 CROPS = {"left": "vol_ie_L.nii.gz", "right": "vol_ie_R.nii.gz"}
@@ -46,7 +47,7 @@ def paste_real_crops(bids: Path, truth_json: Path, samples: Path) -> dict[str, R
         grid = RoiGrid(tuple(roi["shape"]), np.array(roi["affine"]))
         if crop.shape != grid.shape:
             raise SystemExit(f"{samples / name}: shape {crop.shape}, expected {grid.shape}")
-        box = roi_box_in(slab, grid)
+        box = box_around(grid, slab)
         if box is None:
             raise SystemExit(f"{side} ROI lies outside the slab")
         target = sub_grid(slab, box)

@@ -32,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from ievnet_bids.atomic import staged, write_text_atomic
+from ievnet_bids.geometry.extract import box_around, sub_grid
 from ievnet_bids.geometry.roi import RoiGrid, resample
 from ievnet_bids.synth import labels as L
 from ievnet_bids.synth.phantom import Phantom, generate_phantom
@@ -163,26 +164,6 @@ def _bias(rng: np.random.Generator, shape: tuple[int, ...], strength: float) -> 
 
 def _resample_linear(data: np.ndarray, source_affine: np.ndarray, grid: RoiGrid) -> np.ndarray:
     return resample(np.asarray(data, dtype=np.float32), source_affine, grid, order=1)
-
-
-def sub_grid(grid: RoiGrid, box: tuple[slice, ...]) -> RoiGrid:
-    """The part ``box`` of ``grid`` as a grid of its own."""
-    lo = np.array([s.start for s in box], dtype=float)
-    affine = grid.affine.copy()
-    affine[:3, 3] = grid.affine[:3, :3] @ lo + grid.affine[:3, 3]
-    return RoiGrid(tuple(s.stop - s.start for s in box), affine)
-
-
-def roi_box_in(grid: RoiGrid, roi: RoiGrid) -> tuple[slice, ...] | None:
-    """Voxel box of ``grid`` covering the ROI grid's extent (None when disjoint)."""
-    n = np.asarray(roi.shape) - 1
-    corners = np.array([[i, j, k] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])])
-    vox = grid.world_to_voxel(roi.voxel_to_world(corners))
-    lo = np.maximum(np.floor(vox.min(0)).astype(int), 0)
-    hi = np.minimum(np.ceil(vox.max(0)).astype(int) + 1, grid.shape)
-    if np.any(hi <= lo):
-        return None
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
 def _smoothstep(t: np.ndarray) -> np.ndarray:
@@ -403,7 +384,7 @@ def _write_image(
     for side in SIDES:
         ph, grid, centre = phantoms[side]
         mask = np.zeros(slab.shape, np.uint8)
-        box = roi_box_in(slab, grid)
+        box = box_around(grid, slab)
         vol_slab = 0.0
         if box is not None:
             sub_target = sub_grid(slab, box)
