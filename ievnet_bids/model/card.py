@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ievnet_bids.atomic import write_text_atomic
+from ievnet_bids.geometry.roi import ROI_SHAPE, ROI_SPACING_MM  # the published ROI, defined once
 from ievnet_bids.postprocess import CleanupParams
 
-ROI_SHAPE: tuple[int, int, int] = (200, 150, 100)
-ROI_SPACING_MM: float = 0.2
 PAD_SHAPE: tuple[int, int, int] = (208, 160, 112)
 
 #: MONAI ``UNet`` keyword arguments of the published network (without in/out channels).
