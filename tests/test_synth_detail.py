@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from ievnet_bids.qc import topology
 from ievnet_bids.synth import labels as L
 from ievnet_bids.synth.detail import _segment_mask
 from ievnet_bids.synth.phantom import (
@@ -46,6 +47,11 @@ def test_septa_only_remove_cochlea_and_keep_the_topology(pairs):
         assert 0.01 < carved.sum() / v1.tfs.sum() < 0.15
         assert cc3d.connected_components(v2.tfs, connectivity=26).max() == 1
         assert vestibular_euler(v2.labels * v2.tfs) == EXPECTED_EULER_VESTIBULAR
+        # the turns touch only along the spiral: the cochlea has no handle, and the whole
+        # labyrinth has exactly the three canal tunnels (v1's fused turns add handles)
+        cochlea = np.isin(v2.labels, (L.COCHLEA, L.SPIRAL_LAMINA))
+        assert topology(cochlea, 0.2).tunnels == 0
+        assert topology(v2.tfs, 0.2).tunnels == 3 == topology(v2.tfs, 0.2).canal_loops
 
 
 def test_septa_separate_neighbouring_turns(pairs):

@@ -34,20 +34,46 @@ def detail_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, 11])
 
 
+def _spiral_angle(cochlea: Tube, hook: Tube | None) -> tuple[np.ndarray, np.ndarray]:
+    """(centreline points, spiral angle of each): the spiral's points are uniform in angle
+    from 0 to ``phi_max``; the hook (basal end towards the vestibule) continues below 0."""
+    n = len(cochlea.points)
+    phi = np.linspace(0.0, 1.0, n) * cochlea.params["phi_max"]
+    if hook is None:
+        return cochlea.points, phi
+    step = phi[1] - phi[0]
+    hook_phi = -step * np.arange(1, len(hook.points) + 1)
+    return np.concatenate([cochlea.points, hook.points]), np.concatenate([phi, hook_phi])
+
+
+#: The 13 offsets of half a 26-neighbourhood (each neighbour pair is seen once).
+_HALF_NEIGHBOURS = [
+    (i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if (i, j, k) > (0, 0, 0)
+]
+
+
+def _pair_views(shape: tuple[int, ...], offset: tuple[int, int, int]):
+    """Slices (a, b) such that ``x[b]`` is the neighbour of ``x[a]`` at ``offset``."""
+    a = tuple(slice(max(0, -o), n - max(0, o)) for o, n in zip(offset, shape, strict=True))
+    b = tuple(slice(max(0, o), n - max(0, -o)) for o, n in zip(offset, shape, strict=True))
+    return a, b
+
+
 def carve_septa(
     tfs_labels: np.ndarray,
     cochlea: Tube,
     grid: RoiGrid,
     frame: FrameMap,
-    thickness_mm: float,
+    thickness_vox: int,
+    hook: Tube | None = None,
 ) -> int:
     """Turn the bony interscalar septa between neighbouring cochlear turns into bone (0).
 
-    The centreline is split into even and odd turns (its points are uniform in the spiral
-    angle); a cochlear voxel lies on a septum where its distances to the nearest even-turn and
-    odd-turn centreline points differ by less than ``thickness_mm`` and those two points are
-    more than half a turn apart (so the switch from one turn's arc to the next along the
-    spiral is not a septum). Returns the number of carved voxels.
+    Each cochlear voxel takes the spiral angle of its nearest centreline point. Wherever two
+    26-neighbouring cochlear voxels lie on different turns (angles more than half a turn
+    apart), the one on the higher turn becomes septum, so afterwards the turns touch only
+    along the spiral: no handle is left between them. ``thickness_vox`` > 1 thickens the
+    septa by dilation inside the cochlea. Returns the number of carved voxels.
     """
     box = structure_box(cochlea, grid, frame)
     if box is None:
@@ -56,20 +82,21 @@ def carve_septa(
     inside = np.isin(view, (L.COCHLEA, L.SPIRAL_LAMINA))
     if not inside.any():
         return 0
-    q = local_points(grid, frame, box)[inside]
-    n = len(cochlea.points)
-    phi = np.linspace(0.0, 1.0, n) * cochlea.params["phi_max"]
-    parity = (np.floor(phi / (2 * np.pi)).astype(int) % 2).astype(bool)
-    if parity.all() or not parity.any():
-        return 0
-    d_even, i_even = cKDTree(cochlea.points[~parity]).query(q)
-    d_odd, i_odd = cKDTree(cochlea.points[parity]).query(q)
-    phi_gap = np.abs(phi[~parity][i_even] - phi[parity][i_odd])
-    septum = (np.abs(d_even - d_odd) < thickness_mm) & (phi_gap > np.pi)
-    carved = np.zeros_like(inside)
-    carved[inside] = septum
-    view[carved] = 0
-    return int(carved.sum())
+    points, angle = _spiral_angle(cochlea, hook)
+    phi = np.full(inside.shape, np.nan, dtype=np.float32)
+    phi[inside] = angle[cKDTree(points).query(local_points(grid, frame, box)[inside])[1]]
+    septum = np.zeros_like(inside)
+    for offset in _HALF_NEIGHBOURS:
+        a, b = _pair_views(inside.shape, offset)
+        both = inside[a] & inside[b]
+        jump = both & (np.abs(phi[a] - phi[b]) > np.pi)
+        higher_a = jump & (phi[a] > phi[b])
+        septum[a] |= higher_a
+        septum[b] |= jump & ~higher_a
+    if thickness_vox > 1:
+        septum = ndimage.binary_dilation(septum, iterations=thickness_vox - 1) & inside
+    view[septum] = 0
+    return int(septum.sum())
 
 
 def _coarse_distance_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:

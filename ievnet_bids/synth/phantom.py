@@ -151,10 +151,11 @@ def generate_phantom(
     detail_info: dict = {}
     if realism >= 2:
         rng_detail = detail_rng(seed)
-        septum_mm = float(rng_detail.uniform(0.25, 0.7))
+        septum_vox = int(rng_detail.choice((1, 2), p=(0.6, 0.4)))
+        cochlea, hook = lab.tubes[0], lab.tubes[1]
         detail_info["septa"] = {
-            "thickness_param_mm": septum_mm,
-            "voxels": carve_septa(tfs_labels, lab.tubes[0], grid, frame, septum_mm),
+            "thickness_vox": septum_vox,
+            "voxels": carve_septa(tfs_labels, cochlea, grid, frame, septum_vox, hook),
         }
     tfs = tfs_labels > 0
     if background:
