@@ -122,7 +122,9 @@ def test_bids_uri_and_mask_sidecar(tmp_path):
 def test_dataset_description_content(tmp_path):
     bids = tmp_path / "bids"
     bids.mkdir()
-    (bids / "dataset_description.json").write_text('{"Name": "raw", "DatasetDOI": "10.1/x"}')
+    (bids / "dataset_description.json").write_text(
+        '{"Name": "raw", "DatasetDOI": "10.1/x", "Authors": ["A. Author", "B. Author"]}'
+    )
     path = write_dataset_description(
         tmp_path / "out", version="1.2.3", container={"Type": "docker", "Tag": "ievnet:1.2.3"},
         bids_dir=bids,
@@ -143,6 +145,8 @@ def test_dataset_description_content(tmp_path):
         "HowToAcknowledge": desc["HowToAcknowledge"],
         "SourceDatasets": [{"URL": bids.as_uri(), "DOI": "10.1/x"}],
         "DatasetLinks": {"raw": bids.as_uri()},
+        # the source's authors, then the pipeline
+        "Authors": ["A. Author", "B. Author", D.PIPELINE_AUTHOR],
     }
     assert "doi:10.3389/fneur.2022.663200" in desc["HowToAcknowledge"]
     # identical content: left alone (mtime kept); other content: replaced
@@ -155,6 +159,7 @@ def test_dataset_description_content(tmp_path):
         {"Name": "ievnet-bids", "Version": "1.2.4", "CodeURL": D.CODE_URL}
     ]
     assert "SourceDatasets" not in json.loads(path.read_text())
+    assert json.loads(path.read_text())["Authors"] == [D.PIPELINE_AUTHOR]
 
 
 def _write_description(out: str, version: str, barrier) -> None:

@@ -34,6 +34,7 @@ LOG = logging.getLogger(__name__)
 BIDS_VERSION = "1.11.0"
 CODE_URL = "https://github.com/ievnet/ievnet-bids"
 PIPELINE_NAME = "ievnet-bids"
+PIPELINE_AUTHOR = "ievnet-bids (automated inner-ear segmentation)"
 ENTITY_ORDER: tuple[str, ...] = (
     "sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain",
     "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space",
@@ -377,6 +378,7 @@ def dataset_description(
             "Cite IE-Vnet: Ahmadi et al., Front. Neurol. 2022, doi:10.3389/fneur.2022.663200"
         ),
     }
+    authors: list[str] = []
     if bids_dir is not None:
         bids_dir = Path(bids_dir).absolute()
         source: dict[str, Any] = {"URL": bids_dir.as_uri()}
@@ -386,8 +388,12 @@ def dataset_description(
             raw = {}
         if isinstance(raw, dict) and raw.get("DatasetDOI"):
             source["DOI"] = raw["DatasetDOI"]
+        if isinstance(raw, dict) and isinstance(raw.get("Authors"), list):
+            authors = [str(a) for a in raw["Authors"] if str(a).strip()]
         desc["SourceDatasets"] = [source]
         desc["DatasetLinks"] = {"raw": bids_dir.as_uri()}
+    # the source dataset's authors, then the pipeline that made these files
+    desc["Authors"] = [*authors, PIPELINE_AUTHOR]
     return desc
 
 
@@ -431,16 +437,54 @@ def write_bidsignore(output_dir: str | Path, extra: Sequence[str] = ()) -> Path:
     return path
 
 
+def _write_if_changed(text: str, path: Path) -> Path:
+    if path.is_file() and path.read_text() == text:
+        return path
+    return write_text_atomic(text, path)
+
+
 def write_dseg_tsv(output_dir: str | Path) -> Path:
-    """``output_dir/desc-tfs_dseg.tsv``: the label table of the ``dseg`` images."""
+    """``output_dir/desc-tfs_dseg.tsv`` (the label table of the ``dseg`` images) and its
+    ``.json`` sidecar."""
     path = Path(output_dir) / "desc-tfs_dseg.tsv"
     rows = [{"index": i, "name": n, "abbreviation": a} for i, n, a in DSEG_LABELS]
     text = "index\tname\tabbreviation\n" + "".join(
         f"{r['index']}\t{r['name']}\t{r['abbreviation']}\n" for r in rows
     )
-    if path.is_file() and path.read_text() == text:
-        return path
-    return write_text_atomic(text, path)
+    sidecar = {
+        "Description": "Labels of the *_dseg.nii.gz images: left and right inner-ear total "
+        "fluid space (TFS)",
+        "SpatialReference": "orig: each dseg image lies on the grid of its source slab, named "
+        "in its own sidecar",
+    }
+    _write_if_changed(json.dumps(sidecar, indent=2) + "\n", path.with_suffix(".json"))
+    return _write_if_changed(text, path)
+
+
+README_TEXT = """\
+# ievnet-bids derivatives
+
+Inner-ear total fluid space (TFS: cochlea, vestibule and semicircular canals) segmented in
+heavily T2-weighted 3D MRI by ievnet-bids, an implementation of IE-Vnet (Ahmadi et al.,
+Front. Neurol. 2022, doi:10.3389/fneur.2022.663200).
+
+Per source slab, in `sub-<label>/[ses-<label>/]anat/`:
+
+- `*_space-orig_label-TFS_desc-{left,right}_mask.nii.gz`: binary TFS mask of each ear on the
+  slab's grid, with a JSON sidecar (model, settings, ear centre, localization);
+- `*_space-orig_label-TFS_desc-{left,right}_probseg.nii.gz`: the network's TFS probability;
+- `*_space-orig_dseg.nii.gz`: both ears in one label image (`desc-tfs_dseg.tsv`);
+- `*_desc-tfs_volumes.tsv` and `*_desc-tfs_qc.json`: volumes and automatic QC flags per ear.
+
+`sub-<label>.html` is the subject report; `group_tfs.tsv`/`group_tfs.html` are written by the
+group level; `logs/` holds each run's configuration. `dataset_description.json` names the
+source dataset and the ievnet-bids version.
+"""
+
+
+def write_readme(output_dir: str | Path) -> Path:
+    """``output_dir/README.md``: what the derivative dataset holds."""
+    return _write_if_changed(README_TEXT, Path(output_dir) / "README.md")
 
 
 # --------------------------------------------------------------------------- staging

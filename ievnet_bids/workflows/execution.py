@@ -57,6 +57,7 @@ def prepare_output_dir(config: RunConfig) -> None:
     D.write_dataset_description(config.output_dir, version=config.version, bids_dir=config.bids_dir)
     D.write_bidsignore(config.output_dir)
     D.write_dseg_tsv(config.output_dir)
+    D.write_readme(config.output_dir)
     logs = config.output_dir / "logs"
     logs.mkdir(exist_ok=True)
     D.write_text_atomic(config.to_toml(), logs / f"config-{config.run_id}.toml")
