@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from ievnet_bids.geometry.roi import RoiGrid
 from ievnet_bids.postprocess import CleanupParams
+from ievnet_bids.records import EarResult
 
 RECENTRE_TOLERANCE_MM = 2.0
 
@@ -112,6 +113,20 @@ def segment_ears(
         ear.info["roi_centre_mm"] = ear.grid.centre_mm.tolist()
         ear.info["labyrinth_centre_mm"] = None if centre is None else centre.tolist()
     return ears
+
+
+def ear_result(ear: EarRoi, refinement_moved_mm: float) -> EarResult:
+    """The typed record of a segmented ear; ``moved_mm`` = refinement + re-centring."""
+    info = dict(ear.info or {})
+    recentred = info.pop("recentred_mm", 0.0)
+    return EarResult(
+        side=ear.side,
+        roi_centre_mm=info.pop("roi_centre_mm"),
+        labyrinth_centre_mm=info.pop("labyrinth_centre_mm", None),
+        recentred_mm=recentred,
+        moved_mm=refinement_moved_mm + recentred,
+        cleanup=info,
+    )
 
 
 def cleaned_probability(prob: np.ndarray, mask: np.ndarray) -> np.ndarray:

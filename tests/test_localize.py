@@ -184,7 +184,7 @@ def test_localization_is_identical_at_any_thread_count(subject):
         "import json, sys; from pathlib import Path\n"
         "from ievnet_bids.localize.ears import localize_ears\n"
         "r = localize_ears(Path(sys.argv[1]), head=Path(sys.argv[2]), threads=int(sys.argv[3]))\n"
-        "print(json.dumps([r['refined'], r['head_axes'], r['registration']['single_threaded']]))"
+        "print(json.dumps([r.refined, r.head_axes, r.registration['single_threaded']]))"
     )
     paths = subject["paths"]
     env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "2"}  # a user's setting

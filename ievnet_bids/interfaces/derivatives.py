@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from nipype.interfaces.base import (
@@ -13,6 +12,8 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
+
+from ievnet_bids.records import Localization, SegmentRecord
 
 
 class _SinkInputSpec(BaseInterfaceInputSpec):
@@ -48,16 +49,15 @@ class SlabDerivativesSink(SimpleInterface):
         from ievnet_bids.bids.derivatives import publish
         from ievnet_bids.outputs import stage_slab_outputs
 
-        centres = json.loads(Path(self.inputs.centres).read_text())
-        seg = json.loads(Path(self.inputs.segment_record).read_text())
+        loc = Localization.from_json(self.inputs.centres)
+        seg = SegmentRecord.from_json(self.inputs.segment_record)
         ears = {}
         for side in ("left", "right"):
-            info = seg["ears"][side]
             ears[side] = {
                 "prob": getattr(self.inputs, f"{side}_prob"),
                 "mask": getattr(self.inputs, f"{side}_mask"),
-                "centre_mm": info.get("labyrinth_centre_mm") or info["roi_centre_mm"],
-                "moved_mm": centres["moved_mm"][side] + info.get("recentred_mm", 0.0),
+                "centre_mm": seg.ears[side].centre_mm,
+                "moved_mm": seg.ears[side].moved_mm,
                 "touches_edge": getattr(self.inputs, f"{side}_touches_edge"),
             }
         staged, _ = stage_slab_outputs(
@@ -65,11 +65,11 @@ class SlabDerivativesSink(SimpleInterface):
             ears,
             stage_dir=Path(runtime.cwd) / "staged",
             output_dir=Path(self.inputs.output_dir),
-            model_name=seg["model_name"],
-            model_sha256=seg["model_sha256"],
-            localizer=centres["localizer"],
+            model_name=seg.model_name,
+            model_sha256=seg.model_sha256,
+            localizer=loc.localizer,
             head=Path(self.inputs.head) if self.inputs.head else None,
-            inference=seg["inference"],
+            inference=seg.inference,
         )
         publish(staged)
         self._results["out_files"] = [str(d) for d in staged.values()]

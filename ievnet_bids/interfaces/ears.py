@@ -15,6 +15,7 @@ from nipype.interfaces.base import (
 )
 
 from ievnet_bids.config import PRECISIONS, autocast_setting
+from ievnet_bids.records import Localization, SegmentRecord
 
 SIDES = ("left", "right")
 
@@ -40,7 +41,7 @@ class LocalizeEars(SimpleInterface):
     def _run_interface(self, runtime):
         from ievnet_bids.localize.ears import localize_ears
 
-        record = localize_ears(
+        localization = localize_ears(
             Path(self.inputs.slab),
             head=Path(self.inputs.head) if self.inputs.head else None,
             localizer=self.inputs.localizer,
@@ -48,7 +49,7 @@ class LocalizeEars(SimpleInterface):
             threads=self.inputs.threads,
         )
         out = Path(runtime.cwd) / "centres.json"
-        out.write_text(json.dumps(record, indent=2))
+        localization.to_json(out)
         self._results["centres"] = str(out)
         return runtime
 
@@ -77,12 +78,10 @@ class ExtractEar(SimpleInterface):
         from ievnet_bids.geometry.extract import roi_touches_slab_edge
         from ievnet_bids.segmentation import extract_ear, save_ear
 
-        record = json.loads(Path(self.inputs.centres).read_text())
+        loc = Localization.from_json(self.inputs.centres)
         side = self.inputs.side
         slab = nib.load(self.inputs.slab)
-        ear = extract_ear(
-            slab, side, np.asarray(record["refined"][side]), np.asarray(record["head_axes"])
-        )
+        ear = extract_ear(slab, side, np.asarray(loc.refined[side]), np.asarray(loc.head_axes))
         self._results["roi"] = str(save_ear(ear, Path(runtime.cwd))["image"])
         self._results["touches_edge"] = bool(roi_touches_slab_edge(ear.grid, slab))
         return runtime
@@ -118,9 +117,9 @@ class SegmentEars(SimpleInterface):
 
         from ievnet_bids.model.infer import Segmenter
         from ievnet_bids.model.weights import load_model, sha256_file
-        from ievnet_bids.segmentation import EarRoi, grid_of, save_ear, segment_ears
+        from ievnet_bids.segmentation import EarRoi, ear_result, grid_of, save_ear, segment_ears
 
-        record = json.loads(Path(self.inputs.centres).read_text())
+        loc = Localization.from_json(self.inputs.centres)
         model, card = load_model(self.inputs.model)
         segmenter = Segmenter(
             model,
@@ -138,24 +137,23 @@ class SegmentEars(SimpleInterface):
             ears,
             segmenter,
             slab_img=nib.load(self.inputs.slab),
-            head_axes=np.asarray(record["head_axes"]),
+            head_axes=np.asarray(loc.head_axes),
             threshold=card.threshold,
             cleanup=card.cleanup,
         )
         cwd = Path(runtime.cwd)
         files = [save_ear(ear, cwd) for ear in ears]
-        out = {
-            "model_name": card.name,
-            "model_sha256": card.weights_sha256 or sha256_file(self.inputs.model),
+        SegmentRecord(
+            model_name=card.name,
+            model_sha256=card.weights_sha256 or sha256_file(self.inputs.model),
             # provenance of the masks, as the derivative sidecars carry it
-            "inference": {
+            inference={
                 "ProbabilityThreshold": card.threshold,
                 "FlipTTA": bool(self.inputs.tta),
                 "NetworkPrecision": "bf16" if segmenter.amp else "fp32",
             },
-            "ears": {ear.side: ear.info for ear in ears},
-        }
-        (cwd / "segment.json").write_text(json.dumps(out, indent=2, default=str))
+            ears={ear.side: ear_result(ear, loc.moved_mm[ear.side]) for ear in ears},
+        ).to_json(cwd / "segment.json")
         self._results["probs"] = [str(f["prob"]) for f in files]
         self._results["masks"] = [str(f["mask"]) for f in files]
         self._results["record"] = str(cwd / "segment.json")

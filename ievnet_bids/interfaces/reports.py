@@ -14,6 +14,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ievnet_bids.records import Localization, SegmentRecord
+
 
 class _ReportSlabInputSpec(BaseInterfaceInputSpec):
     slab = File(exists=True, mandatory=True, desc="inner-ear T2 slab")
@@ -48,8 +50,8 @@ class ReportSlab(SimpleInterface):
         staged, qc_path = stage_slab_report(
             slab=Path(inputs.slab),
             head=Path(inputs.head) if inputs.head else None,
-            centres=json.loads(Path(inputs.centres).read_text()),
-            segment=json.loads(Path(inputs.segment_record).read_text()),
+            localization=Localization.from_json(inputs.centres),
+            segment=SegmentRecord.from_json(inputs.segment_record),
             roi_probs=[Path(p) for p in inputs.roi_probs],
             roi_masks=[Path(p) for p in inputs.roi_masks],
             native_masks={"left": Path(inputs.left_mask), "right": Path(inputs.right_mask)},

@@ -1,10 +1,9 @@
 """Both ear centres of one slab: first guess (template / landmarks / detection) + refinement.
 
-Returns a JSON-able record, the contract between the localization node and the rest of the
-workflow::
-
-    {"localizer": "template", "head_axes": 3×3, "initial": {"left": [x, y, z], ...},
-     "refined": {...}, "moved_mm": {...}, "method": {...}, "score": {...}, "seconds": {...}}
+Returns a :class:`ievnet_bids.records.Localization` (``localizer``, ``head_axes`` 3×3,
+``initial``/``refined`` ``{"left": [x, y, z], ...}``, ``moved_mm``, ``method``, ``score``,
+``seconds``, ``registration``), the contract between the localization node and the rest of
+the workflow (``centres.json``).
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+
+from ievnet_bids.records import Localization
 
 SIDES = ("left", "right")
 
@@ -40,14 +41,15 @@ def localize_ears(
     landmarks: dict[str, tuple[float, float, float]] | None = None,
     threads: int = 1,
     search_mm: float = 20.0,
-) -> dict[str, Any]:
+) -> Localization:
     """Locate both labyrinths in ``slab`` (world mm) and refine each by a ±``search_mm`` search."""
     from ievnet_bids.geometry.extract import head_rotation_from_affine
     from ievnet_bids.localize.refine import detect_ears, refine_centre
 
     used = choose_localizer(localizer, head)
     slab_img = nib.load(str(slab))
-    record: dict[str, Any] = {"localizer": used, "seconds": {}}
+    seconds: dict[str, float] = {}
+    registration: dict[str, Any] | None = None
     t0 = time.perf_counter()
     head_axes = head_rotation_from_affine(slab_img.affine)
     if used == "template":
@@ -60,7 +62,7 @@ def localize_ears(
             )
         initial = template_ear_centres(transform)
         head_axes = transform.head_axes
-        record["registration"] = {
+        registration = {
             "affine": transform.affine.tolist(),
             "scales": list(transform.scales),
             "seconds": transform.seconds,
@@ -75,10 +77,11 @@ def localize_ears(
         initial = {side: found[side].refined_mm for side in SIDES}
     else:
         raise LocalizationError(f"unknown localizer {localizer!r}")
-    record["seconds"]["initial"] = time.perf_counter() - t0
-    record["head_axes"] = np.asarray(head_axes).tolist()
-    record["initial"] = {s: np.asarray(initial[s], dtype=float).tolist() for s in SIDES}
-    record["refined"], record["moved_mm"], record["method"], record["score"] = {}, {}, {}, {}
+    seconds["initial"] = time.perf_counter() - t0
+    refined: dict[str, list[float]] = {}
+    moved: dict[str, float] = {}
+    method: dict[str, str] = {}
+    score: dict[str, float] = {}
     for side in SIDES:
         t1 = time.perf_counter()
         found = refine_centre(
@@ -89,10 +92,20 @@ def localize_ears(
             search_mm=search_mm,
             threads=threads,
         )
-        record["refined"][side] = found.refined_mm.tolist()
-        record["moved_mm"][side] = float(found.moved_mm)
-        record["method"][side] = found.method
-        record["score"][side] = float(found.score)
-        record["seconds"][f"refine_{side}"] = time.perf_counter() - t1
-    record["seconds"]["total"] = time.perf_counter() - t0
-    return record
+        refined[side] = found.refined_mm.tolist()
+        moved[side] = float(found.moved_mm)
+        method[side] = found.method
+        score[side] = float(found.score)
+        seconds[f"refine_{side}"] = time.perf_counter() - t1
+    seconds["total"] = time.perf_counter() - t0
+    return Localization(
+        localizer=used,
+        head_axes=np.asarray(head_axes).tolist(),
+        initial={s: np.asarray(initial[s], dtype=float).tolist() for s in SIDES},
+        refined=refined,
+        moved_mm=moved,
+        method=method,
+        score=score,
+        seconds=seconds,
+        registration=registration,
+    )

@@ -31,6 +31,7 @@ import numpy as np
 
 from ievnet_bids import qc as Q
 from ievnet_bids.bids import derivatives as D
+from ievnet_bids.records import Localization, SegmentRecord
 from ievnet_bids.reports import figures as F
 
 LOG = logging.getLogger("ievnet_bids")
@@ -63,8 +64,8 @@ def stage_slab_report(
     *,
     slab: Path,
     head: Path | None,
-    centres: Mapping[str, Any],
-    segment: Mapping[str, Any],
+    localization: Localization,
+    segment: SegmentRecord,
     roi_probs: Sequence[Path],
     roi_masks: Sequence[Path],
     native_masks: Mapping[str, Path],
@@ -89,24 +90,23 @@ def stage_slab_report(
         )
         rois[side] = (np.asarray(prob_img.affine), tuple(prob.shape))
         native = nib.load(str(native_masks[side]))
-        info = segment.get("ears", {}).get(side, {})
-        moved = float(centres.get("moved_mm", {}).get(side, 0.0)) + float(
-            info.get("recentred_mm", 0.0) or 0.0
-        )
+        ear = segment.ears[side]
         records[side] = Q.ear_record(
             native_mask=np.asanyarray(native.dataobj) > 0,
             native_voxel_mm3=float(np.prod(native.header.get_zooms()[:3])),
             roi_mask=mask,
             roi_prob=prob,
             roi_spacing=spacing,
-            moved_mm=moved,
+            moved_mm=ear.moved_mm,
             touches_edge=bool(touches_edge.get(side, False)),
         )
-        records[side]["roi_centre_mm"] = info.get("roi_centre_mm")
-        records[side]["labyrinth_centre_mm"] = info.get("labyrinth_centre_mm")
-        records[side]["recentred_mm"] = info.get("recentred_mm", 0.0)
-        records[side]["components_kept"] = len(info.get("kept", []))
-        records[side]["components_dropped"] = info.get("n_dropped", len(info.get("dropped", [])))
+        records[side]["roi_centre_mm"] = ear.roi_centre_mm
+        records[side]["labyrinth_centre_mm"] = ear.labyrinth_centre_mm
+        records[side]["recentred_mm"] = ear.recentred_mm
+        records[side]["components_kept"] = len(ear.cleanup.get("kept", []))
+        records[side]["components_dropped"] = ear.cleanup.get(
+            "n_dropped", len(ear.cleanup.get("dropped", []))
+        )
 
     figures: dict[str, str] = {}
     figure_errors: dict[str, str] = {}
@@ -127,7 +127,7 @@ def stage_slab_report(
 
     final = {s: records[s]["labyrinth_centre_mm"] or records[s]["roi_centre_mm"] for s in SIDES}
     final = {s: c for s, c in final.items() if c is not None}
-    initial = centres.get("initial")
+    initial = localization.initial
     stage_png(
         "localization",
         lambda p: F.localization_figure(
@@ -149,14 +149,14 @@ def stage_slab_report(
         "slab": slab.name,
         "head": head.name if head is not None else None,
         "localizer": {
-            key: centres.get(key)
+            key: getattr(localization, key)
             for key in ("localizer", "initial", "refined", "moved_mm", "method", "score", "seconds")
         },
         "model": {
-            "name": segment.get("model_name"),
-            "sha256": segment.get("model_sha256"),
-            "threshold": segment.get("inference", {}).get("ProbabilityThreshold"),
-            "tta_flip": segment.get("inference", {}).get("FlipTTA"),
+            "name": segment.model_name,
+            "sha256": segment.model_sha256,
+            "threshold": segment.inference.get("ProbabilityThreshold"),
+            "tta_flip": segment.inference.get("FlipTTA"),
         },
         "thresholds": Q.thresholds(),
         "ears": records,
