@@ -67,7 +67,9 @@ class EarResult:
 
     ``cleanup``: the clean-up record of :func:`ievnet_bids.postprocess.threshold_and_clean`
     (kept/dropped components, volume); ``recentred_mm``: how far re-centring moved the ROI;
-    ``moved_mm``: the total move from the first guess (refinement + re-centring).
+    ``moved_mm``: the total move from the first guess (refinement + re-centring);
+    ``roi_grid``: the final ROI grid (``shape``, ``affine``; the one the mask was segmented
+    on, after any re-centring) and ``touches_edge`` derived from it.
     """
 
     side: str
@@ -75,6 +77,8 @@ class EarResult:
     labyrinth_centre_mm: list[float] | None
     recentred_mm: float
     moved_mm: float
+    roi_grid: dict[str, Any]
+    touches_edge: bool
     cleanup: dict[str, Any] = field(default_factory=dict)
 
     @property

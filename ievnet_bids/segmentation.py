@@ -6,6 +6,7 @@ map-back nodes call them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,8 +116,13 @@ def segment_ears(
     return ears
 
 
-def ear_result(ear: EarRoi, refinement_moved_mm: float) -> EarResult:
-    """The typed record of a segmented ear; ``moved_mm`` = refinement + re-centring."""
+def ear_result(
+    ear: EarRoi, refinement_moved_mm: float, slab_img: nib.spatialimages.SpatialImage
+) -> EarResult:
+    """The typed record of a segmented ear: ``moved_mm`` = refinement + re-centring, and
+    ``touches_edge`` from the ear's final ROI grid (the one it was segmented on)."""
+    from ievnet_bids.geometry.extract import roi_touches_slab_edge
+
     info = dict(ear.info or {})
     recentred = info.pop("recentred_mm", 0.0)
     return EarResult(
@@ -125,6 +131,8 @@ def ear_result(ear: EarRoi, refinement_moved_mm: float) -> EarResult:
         labyrinth_centre_mm=info.pop("labyrinth_centre_mm", None),
         recentred_mm=recentred,
         moved_mm=refinement_moved_mm + recentred,
+        roi_grid=json.loads(ear.grid.to_json()),
+        touches_edge=bool(roi_touches_slab_edge(ear.grid, slab_img)),
         cleanup=info,
     )
 

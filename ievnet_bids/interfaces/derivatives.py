@@ -25,8 +25,6 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     left_mask = File(exists=True, mandatory=True)
     right_prob = File(exists=True, mandatory=True)
     right_mask = File(exists=True, mandatory=True)
-    left_touches_edge = traits.Bool(False, usedefault=True)
-    right_touches_edge = traits.Bool(False, usedefault=True)
     output_dir = Directory(mandatory=True)
 
 
@@ -58,7 +56,7 @@ class SlabDerivativesSink(SimpleInterface):
                 "mask": getattr(self.inputs, f"{side}_mask"),
                 "centre_mm": seg.ears[side].centre_mm,
                 "moved_mm": seg.ears[side].moved_mm,
-                "touches_edge": getattr(self.inputs, f"{side}_touches_edge"),
+                "touches_edge": seg.ears[side].touches_edge,
             }
         staged, _ = stage_slab_outputs(
             Path(self.inputs.slab),

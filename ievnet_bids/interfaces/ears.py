@@ -62,7 +62,6 @@ class _ExtractInputSpec(BaseInterfaceInputSpec):
 
 class _ExtractOutputSpec(TraitedSpec):
     roi = File(exists=True, desc="ROI image (200×150×100 at 0.2 mm) on its own oriented grid")
-    touches_edge = traits.Bool()
 
 
 class ExtractEar(SimpleInterface):
@@ -75,7 +74,6 @@ class ExtractEar(SimpleInterface):
         import nibabel as nib
         import numpy as np
 
-        from ievnet_bids.geometry.extract import roi_touches_slab_edge
         from ievnet_bids.segmentation import extract_ear, save_ear
 
         loc = Localization.from_json(self.inputs.centres)
@@ -83,7 +81,6 @@ class ExtractEar(SimpleInterface):
         slab = nib.load(self.inputs.slab)
         ear = extract_ear(slab, side, np.asarray(loc.refined[side]), np.asarray(loc.head_axes))
         self._results["roi"] = str(save_ear(ear, Path(runtime.cwd))["image"])
-        self._results["touches_edge"] = bool(roi_touches_slab_edge(ear.grid, slab))
         return runtime
 
 
@@ -133,10 +130,11 @@ class SegmentEars(SimpleInterface):
         for side, path in zip(SIDES, self.inputs.rois, strict=True):
             img = nib.load(path)
             ears.append(EarRoi(side, grid_of(img), np.asanyarray(img.dataobj, dtype=np.float32)))
+        slab = nib.load(self.inputs.slab)
         ears = segment_ears(
             ears,
             segmenter,
-            slab_img=nib.load(self.inputs.slab),
+            slab_img=slab,
             head_axes=np.asarray(loc.head_axes),
             threshold=card.threshold,
             cleanup=card.cleanup,
@@ -152,7 +150,7 @@ class SegmentEars(SimpleInterface):
                 "FlipTTA": bool(self.inputs.tta),
                 "NetworkPrecision": "bf16" if segmenter.amp else "fp32",
             },
-            ears={ear.side: ear_result(ear, loc.moved_mm[ear.side]) for ear in ears},
+            ears={ear.side: ear_result(ear, loc.moved_mm[ear.side], slab) for ear in ears},
         ).to_json(cwd / "segment.json")
         self._results["probs"] = [str(f["prob"]) for f in files]
         self._results["masks"] = [str(f["mask"]) for f in files]

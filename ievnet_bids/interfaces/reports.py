@@ -26,8 +26,6 @@ class _ReportSlabInputSpec(BaseInterfaceInputSpec):
     roi_masks = traits.List(File(exists=True), mandatory=True, desc="ROI masks (L, R)")
     left_mask = File(exists=True, mandatory=True, desc="native-grid mask, left ear")
     right_mask = File(exists=True, mandatory=True, desc="native-grid mask, right ear")
-    left_touches_edge = traits.Bool(False, usedefault=True)
-    right_touches_edge = traits.Bool(False, usedefault=True)
     volumes = File(exists=True, desc="published volumes table (orders this node after it)")
     output_dir = Directory(mandatory=True)
 
@@ -55,10 +53,6 @@ class ReportSlab(SimpleInterface):
             roi_probs=[Path(p) for p in inputs.roi_probs],
             roi_masks=[Path(p) for p in inputs.roi_masks],
             native_masks={"left": Path(inputs.left_mask), "right": Path(inputs.right_mask)},
-            touches_edge={
-                "left": bool(inputs.left_touches_edge),
-                "right": bool(inputs.right_touches_edge),
-            },
             stage_dir=Path(runtime.cwd) / "staged",
             output_dir=Path(inputs.output_dir),
         )

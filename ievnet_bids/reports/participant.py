@@ -69,7 +69,6 @@ def stage_slab_report(
     roi_probs: Sequence[Path],
     roi_masks: Sequence[Path],
     native_masks: Mapping[str, Path],
-    touches_edge: Mapping[str, bool],
     stage_dir: Path,
     output_dir: Path,
 ) -> tuple[dict[Path, Path], Path]:
@@ -98,7 +97,7 @@ def stage_slab_report(
             roi_prob=prob,
             roi_spacing=spacing,
             moved_mm=ear.moved_mm,
-            touches_edge=bool(touches_edge.get(side, False)),
+            touches_edge=ear.touches_edge,
         )
         records[side]["roi_centre_mm"] = ear.roi_centre_mm
         records[side]["labyrinth_centre_mm"] = ear.labyrinth_centre_mm

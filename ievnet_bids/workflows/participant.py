@@ -112,12 +112,10 @@ def init_slab_wf(
             (inputnode, extract, [("slab", "slab")]),
             (localize, extract, [("centres", "centres")]),
             (extract, merge_rois, [("roi", f"in{i}")]),
-            (extract, ds_slab, [("touches_edge", f"{side}_touches_edge")]),
             (inputnode, map_back, [("slab", "slab")]),
             (segment, map_back, [("probs", "probs"), ("masks", "masks"),
                                  ("threshold", "threshold")]),
             (map_back, ds_slab, [("prob", f"{side}_prob"), ("mask", f"{side}_mask")]),
-            (extract, report, [("touches_edge", f"{side}_touches_edge")]),
             (map_back, report, [("mask", f"{side}_mask")]),
         ])  # fmt: skip
     return wf
