@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -45,22 +47,29 @@ def test_padded_shape_rule() -> None:
     )
 
 
-def test_full_roi_pad_crop_is_exact_voxel_for_voxel() -> None:
+@pytest.mark.parametrize("order", ["scale_then_pad", "pad_then_scale"])
+def test_full_roi_pad_crop_is_exact_voxel_for_voxel(order) -> None:
     rng = np.random.default_rng(0)
     vol = (rng.random((200, 150, 100)) * 1000 - 200).astype(np.float32)
     stub = Recorder()
-    seg = Segmenter(stub, default_card(), device="cpu")
+    seg = Segmenter(stub, replace(default_card(), preprocessing=order), device="cpu")
     prob = seg.predict_proba(vol)
     assert prob.shape == vol.shape and prob.dtype == np.float32
     (x,) = stub.seen
     assert tuple(x.shape) == (1, 1, 208, 160, 112)
     x = x[0, 0].numpy()
     inner = (slice(4, 204), slice(5, 155), slice(6, 106))
-    np.testing.assert_array_equal(x[inner], _minmax(vol))
     outside = np.ones(x.shape, bool)
     outside[inner] = False
-    assert not x[outside].any()  # zero padding
-    np.testing.assert_allclose(prob, _sigmoid(_minmax(vol)), atol=1e-6)
+    if order == "scale_then_pad":
+        expected = _minmax(vol)
+        assert not x[outside].any()  # zero padding
+    else:  # the zeros of the padding take part in the min/max scaling
+        lo, hi = min(float(vol.min()), 0.0), max(float(vol.max()), 0.0)
+        expected = (vol - lo) / (hi - lo)
+        np.testing.assert_allclose(x[outside], -lo / (hi - lo), rtol=1e-6)
+    np.testing.assert_allclose(x[inner], expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(prob, _sigmoid(expected), atol=1e-6)
 
 
 def test_default_batch_is_one_volume_per_pass_on_cpu() -> None:
@@ -75,7 +84,8 @@ def test_batches_single_volume_and_odd_shapes() -> None:
     vols = rng.normal(size=(3, 47, 39, 31)).astype(np.float32)
     vols[1] *= 50  # per-volume scaling: different ranges give the same relative result
     stub = Recorder()
-    seg = Segmenter(stub, default_card(), device="cpu", batch_size=2)
+    card = replace(default_card(), preprocessing="scale_then_pad")  # the project's order
+    seg = Segmenter(stub, card, device="cpu", batch_size=2)
     prob = seg.predict_proba(vols)
     assert prob.shape == vols.shape
     assert [tuple(x.shape[:2]) for x in stub.seen] == [(2, 1), (1, 1)]
@@ -152,3 +162,38 @@ def test_cuda_request_without_cuda_is_clear() -> None:
     with pytest.raises(ValueError, match="CUDA is not available"):
         Segmenter(Recorder(), default_card(), device="cuda")
     assert Segmenter(Recorder(), default_card(), device="auto").device.type == "cpu"
+
+
+def test_official_checkpoint_gets_the_official_preprocessing(tmp_path):
+    """Official order (ievnet_infer.py): SpatialPad to 208×160×112 with zeros, then
+    ScaleIntensity over the padded volume, sigmoid, centre crop; compared with MONAI's own
+    transforms on a seeded random official-layout checkpoint and a crop with a negative
+    minimum, as real SPACE crops have."""
+    from monai.transforms import CenterSpatialCrop, ScaleIntensity, SpatialPad
+
+    from ievnet_bids.model.weights import load_model, to_monai03_keys
+
+    gen = torch.Generator().manual_seed(3)
+    net = build_network()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    ckpt = tmp_path / "best_metric_model.pth"
+    torch.save(to_monai03_keys(net.state_dict()), ckpt)
+    model, card = load_model(ckpt)
+    assert card.preprocessing == "pad_then_scale"
+
+    rng = np.random.default_rng(0)
+    volume = (rng.normal(0, 1, (200, 150, 100)) * 60 + 40).astype(np.float32)  # min ≈ -250
+    assert volume.min() < 0
+    padded = ScaleIntensity()(SpatialPad(spatial_size=[208, 160, 112])(volume[None]))
+    with torch.inference_mode():
+        reference = torch.sigmoid(model(torch.as_tensor(np.asarray(padded))[None]))[0]
+    reference = np.asarray(CenterSpatialCrop([200, 150, 100])(reference))[0]
+
+    ours = Segmenter(model, card, device="cpu", tta_flip=False, omp_threads=1).predict_proba(volume)
+    assert np.abs(ours - reference).max() < 2e-3
+    # the project's own order differs on such a crop: the card's field decides
+    other = Segmenter(model, replace(card, preprocessing="scale_then_pad"), device="cpu",
+                      tta_flip=False, omp_threads=1).predict_proba(volume)  # fmt: skip
+    assert np.abs(other - reference).max() > 1e-2

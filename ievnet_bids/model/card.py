@@ -5,6 +5,12 @@ A card is plain JSON (no code is ever evaluated) stored beside the weights as
 Front. Neurol. 2022): a MONAI residual UNet on a 200×150×100 ROI at 0.2 mm (RAS),
 zero-padded to 208×160×112, min/max intensity scaling, sigmoid, threshold 0.5; ``cleanup``
 holds the mask clean-up settings (:class:`ievnet_bids.postprocess.CleanupParams`).
+
+One default differs from the published network: ``preprocessing``. The official inference pads
+the ROI with zeros first and then scales min/max over the padded volume
+(``"pad_then_scale"``, set by :func:`default_card` for the official checkpoint); the models
+trained here scale the ROI and then pad with zeros (``"scale_then_pad"``). Real crops have
+negative minima, so the two orders give different inputs (and instance-norm statistics).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ ARCHITECTURE_KEYS = frozenset(
     }
 )
 NORMALIZATIONS = ("minmax", "zscore", "none")
+PREPROCESSINGS = ("scale_then_pad", "pad_then_scale")
 OUTPUT_ACTIVATIONS = ("auto", "sigmoid", "softmax")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -77,6 +84,7 @@ class ModelCard:
     roi_spacing_mm: float = ROI_SPACING_MM
     pad_shape: tuple[int, int, int] = PAD_SHAPE
     normalization: str = "minmax"
+    preprocessing: str = "scale_then_pad"
     output_activation: str = "auto"
     threshold: float = 0.5
     cleanup: CleanupParams = field(default_factory=CleanupParams)
@@ -106,7 +114,14 @@ class ModelCard:
         def bad(field_name: str, why: str) -> ValueError:
             return ValueError(f"field {field_name!r}: {why}")
 
-        for name in ("name", "version", "date", "normalization", "output_activation"):
+        for name in (
+            "name",
+            "version",
+            "date",
+            "normalization",
+            "preprocessing",
+            "output_activation",
+        ):
             if not isinstance(getattr(self, name), str):
                 raise bad(name, "must be a string")
         if not self.name:
@@ -135,6 +150,8 @@ class ModelCard:
             raise bad("roi_spacing_mm", f"must be a positive number, got {self.roi_spacing_mm!r}")
         if self.normalization not in NORMALIZATIONS:
             raise bad("normalization", f"{self.normalization!r} not one of {NORMALIZATIONS}")
+        if self.preprocessing not in PREPROCESSINGS:
+            raise bad("preprocessing", f"{self.preprocessing!r} not one of {PREPROCESSINGS}")
         if self.output_activation not in OUTPUT_ACTIVATIONS:
             raise bad(
                 "output_activation", f"{self.output_activation!r} not one of {OUTPUT_ACTIVATIONS}"
@@ -242,6 +259,7 @@ def default_card() -> ModelCard:
     return ModelCard(
         name="ievnet-published",
         version="1.0",
+        preprocessing="pad_then_scale",  # SpatialPad, then ScaleIntensity (ievnet_infer.py)
         training={
             "data": "Ahmadi et al., Front. Neurol. 2022 (official best_metric_model.pth)",
             "framework": "MONAI 0.3",

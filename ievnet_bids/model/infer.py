@@ -48,6 +48,24 @@ def normalize(volume: np.ndarray, method: str) -> np.ndarray:
     raise ValueError(f"unknown normalisation {method!r}")
 
 
+def network_input(
+    volume: np.ndarray, card: ModelCard, target: tuple[int, ...], inner: tuple[slice, ...]
+) -> tuple[np.ndarray, float]:
+    """(normalized volume, value of the padding around it) as the card's model expects.
+
+    ``scale_then_pad``: the volume is normalized, the padding is 0. ``pad_then_scale`` (the
+    official IE-Vnet): the volume is zero-padded to ``target`` first and the padded volume is
+    normalized, so the padding takes the normalized value of 0.
+    """
+    if card.preprocessing == "scale_then_pad" or tuple(target) == tuple(volume.shape):
+        return normalize(volume, card.normalization), 0.0
+    padded = np.zeros(target, dtype=np.float32)
+    padded[inner] = volume
+    padded = normalize(padded, card.normalization)
+    fill = padded[tuple(0 if sl.start > 0 else -1 for sl in inner)]
+    return padded[inner], float(fill)
+
+
 DEFAULT_CUDA_BATCH = 8
 
 
@@ -121,13 +139,15 @@ class Segmenter:
         inner = centre_slices(spatial, target)
         flips = (False, True) if self.tta_flip else (False,)
         out = np.zeros(arr.shape, dtype=np.float32)
-        normed: dict[int, np.ndarray] = {}
+        normed: dict[int, tuple[np.ndarray, float]] = {}
         for chunk in _chunks([(i, f) for i in range(arr.shape[0]) for f in flips], self.batch_size):
             batch = np.zeros((len(chunk), 1, *target), dtype=np.float32)
             for j, (i, flip) in enumerate(chunk):
-                if i not in normed:
-                    normed = {i: normalize(arr[i], self.card.normalization)}  # keep one
-                v = normed[i]
+                if i not in normed:  # keep one
+                    normed = {i: network_input(arr[i], self.card, target, inner)}
+                v, fill = normed[i]
+                if fill:
+                    batch[j, 0] = fill
                 batch[(j, 0, *inner)] = v[::-1] if flip else v
             prob = self._forward(batch, inner)
             for j, (i, flip) in enumerate(chunk):
