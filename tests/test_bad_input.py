@@ -102,7 +102,7 @@ def bad_run(synth_bids: Path, tmp_path_factory) -> dict:
     shutil.rmtree(bids / "sub-02")
     out, work = root / "out", root / "work"
     proc = ievnet_bids(bids, out, "participant", "-w", work, "--nprocs", "2")
-    return {"proc": proc, "out": out, "bids": bids}
+    return {"proc": proc, "out": out, "bids": bids, "work": work}
 
 
 def test_each_bad_image_fails_its_unit_with_one_line(bad_run):
@@ -188,3 +188,18 @@ def test_gzip_check_reads_the_magic_bytes(tmp_path):
     plain = tmp_path / "plain.nii.gz"
     plain.write_bytes(gzip.decompress(good.read_bytes()))  # a valid NIfTI, just not gzipped
     assert "not gzip-compressed" in image_problem(plain)
+
+
+def test_terminal_shows_stages_and_the_nipype_log_goes_to_a_file(bad_run):
+    err = bad_run["proc"].stderr
+    for stage in ("localize", "segment", "map_back_left", "report"):
+        assert f"sub-01_ses-1: {stage} done (" in err
+    assert "[Node]" not in err and "nipype.workflow" not in err
+    assert not bad_run["proc"].stdout.strip()
+    log = bad_run["out"] / "sub-01" / "log" / "ses-1" / "nipype.log"
+    assert '[Node] Finished "segment"' in log.read_text()
+    # -v: the full Nipype log on the terminal too (a cached rerun of the good unit)
+    bids, out, work = bad_run["bids"], bad_run["out"], bad_run["work"]
+    proc = ievnet_bids(bids, out, "participant", "-w", work, "--participant-label", "01", "-v")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[Node]" in proc.stdout + proc.stderr

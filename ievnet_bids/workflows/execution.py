@@ -3,8 +3,9 @@
 Each participant/session runs as its own graph (:func:`ievnet_bids.workflows.participant.
 init_participant_wf`, MultiProc over its CPUs), so a crash fails that unit alone; when
 ``--nprocs`` holds several ``--omp-nthreads`` shares, several units run at once in worker
-processes. Crash files are written as text to ``sub-XX/log/`` and parsed into a one-line
-reason; after each unit its status and ``sub-XX.html`` are (re)written. Node results are
+processes. Crash files are written as text to ``sub-XX/log/`` (beside Nipype's log of the
+unit, :mod:`ievnet_bids.workflows.unit_log`) and parsed into a one-line reason; after each
+unit its status and ``sub-XX.html`` are (re)written. Node results are
 cached in the work directory, so a rerun reuses them.
 """
 
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ievnet_bids.bids.query import SubjectInputs
 from ievnet_bids.config import RunConfig
 from ievnet_bids.workflows.participant import SIDES, init_participant_wf
+from ievnet_bids.workflows.unit_log import UnitMultiProc, configure_unit_logging, log_file_for
 
 if TYPE_CHECKING:
     from nipype.pipeline import engine as pe
@@ -205,10 +207,13 @@ def run_unit(
         "remove_unnecessary_outputs": "false",
         "poll_sleep_duration": "0.2",
     }
+    unit_log = (unit.name, str(log_file_for(crashes)), config.verbose)
+    configure_unit_logging(unit.name, log_file_for(crashes), config.verbose)
     LOG.info("%s: running %d slab(s)", unit.name, len(unit.slabs))
     try:
         if nprocs > 1:
-            wf.run(plugin="MultiProc", plugin_args=_plugin_args(nprocs, mem_gb))
+            plugin_args = {**_plugin_args(nprocs, mem_gb), "unit_log": unit_log}
+            wf.run(plugin=UnitMultiProc(plugin_args=plugin_args))
         else:  # one CPU: run the nodes in this process, no worker pool to start
             wf.run(plugin="Linear")
     except Exception as err:  # nipype raises RuntimeError naming the crashed nodes
@@ -217,8 +222,6 @@ def run_unit(
         _report_unit(config, unit, start, reason)
         return reason
     LOG.info("%s: done in %.1f s", unit.name, time.time() - start)
-    if not any(crashes.iterdir()):
-        crashes.rmdir()
     _report_unit(config, unit, start, None)
     return None
 
