@@ -4,14 +4,17 @@ Writes a phantom BIDS dataset (``--subjects`` subjects, full heads), runs
 ``ievnet-bids BIDS OUT participant`` as a child process and samples the resident memory of
 its whole process tree (``/proc``, every 0.1 s) while it runs.  Prints the wall time, the
 peak summed RSS of the tree and of its largest process, and the time of each Nipype node
-(from the ``elapsed time`` log lines), summed over subjects and ears.
+(from the ``elapsed time`` lines of each unit's ``sub-XX/log/**/nipype.log``), summed over
+subjects and ears; ``--json FILE`` also writes these figures as JSON.
 
-    python benchmarks/bench_participant.py --subjects 2 --nprocs 2 [--omp-nthreads 1]
+    python benchmarks/bench_participant.py --subjects 2 --nprocs 2 [--omp-nthreads 1] \
+        [--json bench.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -63,6 +66,7 @@ def main() -> int:
     p.add_argument("--omp-nthreads", type=int, help="default: --nprocs (one unit at a time)")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--keep", type=Path, help="run in this folder and keep it")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = p.parse_args()
     from ievnet_bids.synth.head import write_bids_dataset
 
@@ -85,8 +89,9 @@ def main() -> int:
             time.sleep(0.1)
     wall = time.perf_counter() - t0
     stages: dict[str, list[float]] = defaultdict(list)
-    for name, seconds in FINISHED.findall(log.read_text()):
-        stages[name].append(float(seconds))
+    for unit_log in sorted(out.glob("sub-*/log/**/nipype.log")):
+        for name, seconds in FINISHED.findall(unit_log.read_text()):
+            stages[name].append(float(seconds))
     n = args.subjects
     print(f"participant level: {n} subject(s), --nprocs {args.nprocs}, exit {proc.returncode}")
     print(f"wall {wall:.1f} s ({wall / args.subjects:.1f} s per subject, incl. start-up)")
@@ -97,6 +102,26 @@ def main() -> int:
         each = sum(times) / len(times)
         print(f"  {name:24s} {sum(times):7.1f} s  ({len(times)} runs, {each:.2f} s each)")
     print(f"log: {log}")
+    if args.json:
+        figures = {
+            "subjects": n,
+            "nprocs": args.nprocs,
+            "omp_nthreads": args.omp_nthreads or args.nprocs,
+            "exit": proc.returncode,
+            "wall_s": round(wall, 2),
+            "per_subject_s": round(wall / n, 2),
+            "peak_tree_mib": round(mib[0]),
+            "peak_process_mib": round(mib[1]),
+            "stages": {
+                name: {
+                    "total_s": round(sum(t), 2),
+                    "runs": len(t),
+                    "mean_s": round(sum(t) / len(t), 3),
+                }
+                for name, t in stages.items()
+            },
+        }
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return int(proc.returncode)
 
 
