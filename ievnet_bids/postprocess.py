@@ -11,6 +11,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from ievnet_bids.connect import BridgeRule, connect_labyrinth
+
 MAX_LISTED = 50  # components listed individually in ``info["dropped"]``
 
 
@@ -30,8 +32,11 @@ class CleanupParams:
     max_gap_mm: float = 1.5
     min_score: float = 0.5
     fill_holes: bool = True
+    bridges: BridgeRule | None = None  # join pieces and close canal loops (connect.py)
 
     def __post_init__(self) -> None:
+        if isinstance(self.bridges, Mapping):
+            object.__setattr__(self, "bridges", BridgeRule(**self.bridges))
         lo, hi = (float(v) for v in self.volume_range_mm3)
         object.__setattr__(self, "volume_range_mm3", (lo, hi))
         if not 0.0 <= lo < hi:
@@ -43,7 +48,11 @@ class CleanupParams:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict."""
-        return {**asdict(self), "volume_range_mm3": list(self.volume_range_mm3)}
+        return {
+            **asdict(self),
+            "volume_range_mm3": list(self.volume_range_mm3),
+            "bridges": None if self.bridges is None else self.bridges.to_json(),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CleanupParams:
@@ -227,7 +236,10 @@ def threshold_and_clean(
        is empty and ``info["warning"]`` says why;
     3. thin canals can break into pieces (0.5 mm acquisitions): labyrinth-like pieces near
        the kept set join it (:func:`grow_fragments`); everything else is dropped;
-    4. internal cavities of each kept component are filled (:func:`fill_kept`).
+    4. internal cavities of each kept component are filled (:func:`fill_kept`);
+    5. with ``bridges`` (a :class:`~ievnet_bids.connect.BridgeRule`), the kept pieces are
+       joined into one labyrinth along the probability or dropped, and broken canal loops
+       are closed (:func:`ievnet_bids.connect.connect_labyrinth`; ``info["connect"]``).
 
     ``params`` (default :class:`CleanupParams`; a model card's ``cleanup``) with
     ``overrides`` (its field names, e.g. ``max_gap_mm=0.3``) set steps 1–4.
@@ -265,6 +277,8 @@ def threshold_and_clean(
         "filled_voxels": 0,
         "volume_mm3": 0.0,
     }
+    if p.bridges is not None:
+        info["params"]["bridges"] = p.bridges.to_json()
     fg = np.asarray(prob >= threshold)
     if not fg.any():
         info["warning"] = "no voxel above threshold"
@@ -286,6 +300,8 @@ def threshold_and_clean(
 
     kept, kept_rec, dropped = grow_fragments(comps, best, spacing, p)
     mask, filled = fill_kept(comps, kept, p.fill_holes)
+    if p.bridges is not None:
+        mask, info["connect"] = connect_labyrinth(prob, mask, spacing, p.bridges)
     info["kept"] = kept_rec
     _store_dropped(info, dropped)
     info["filled_voxels"] = filled

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cc3d
 import numpy as np
 import pytest
 
@@ -137,3 +138,31 @@ def test_cleanup_parameters_are_a_record_carried_by_the_model_card():
         CleanupParams(volume_range_mm3=(400.0, 100.0))
     prob = np.zeros((8, 8, 8), np.float32)
     assert threshold_and_clean(prob, SP, params=params)[1]["params"]["max_gap_mm"] == 0.3
+
+
+def test_bridge_rule_rides_in_the_cleanup_record_and_connects_the_mask():
+    from ievnet_bids.connect import BridgeRule
+    from ievnet_bids.model.card import ModelCard
+    from ievnet_bids.postprocess import CleanupParams
+
+    params = CleanupParams(bridges=BridgeRule(max_bridge_mm=1.5))
+    assert CleanupParams.from_dict(params.to_dict()) == params
+    card = ModelCard.from_dict({"cleanup": {"bridges": {"bridge_prob": 0.2}}})
+    assert card.cleanup.bridges == BridgeRule(bridge_prob=0.2)
+    assert card.to_dict()["cleanup"]["bridges"]["bridge_prob"] == 0.2
+    assert CleanupParams().bridges is None  # cards without the rule: masks as before
+
+    # a labyrinth-like block at the centre and a canal piece 0.8 mm away, joined by a dim
+    # stretch: without the rule two pieces, with it one
+    prob = np.full((60, 60, 40), 0.02, np.float32)
+    prob[20:40, 20:40, 15:25] = 0.97  # 4 x 4 x 2 mm body
+    prob[40:44, 28:32, 18:22] = 0.3  # the dim stretch
+    prob[44:56, 28:32, 18:22] = 0.95  # the canal piece
+    plain, _ = threshold_and_clean(prob, 0.2, max_gap_mm=1.0, volume_range_mm3=(10.0, 400.0))
+    joined, info = threshold_and_clean(
+        prob, 0.2, params=CleanupParams(volume_range_mm3=(10.0, 400.0), bridges=BridgeRule())
+    )
+    assert cc3d.connected_components(plain > 0, connectivity=26).max() == 2
+    assert cc3d.connected_components(joined > 0, connectivity=26).max() == 1
+    assert info["connect"]["pieces"][0]["action"] == "bridged"
+    assert info["params"]["bridges"] == BridgeRule().to_json()
