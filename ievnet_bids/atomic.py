@@ -16,11 +16,23 @@ from pathlib import Path
 __all__ = ["staged", "temp_beside", "write_bytes_atomic", "write_text_atomic"]
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def temp_beside(path: Path, suffix: str = ".tmp") -> Path:
-    """A new, empty, uniquely named dot-file in ``path``'s folder (which is created)."""
+    """A new, empty, uniquely named dot-file in ``path``'s folder (which is created), with the
+    permissions of an ordinary new file (``mkstemp`` makes it owner-only; outputs are shared
+    with a lab, so they get the umask's mode, e.g. 0644)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    try:
+        os.fchmod(fd, _file_mode())
+    finally:
+        os.close(fd)
     return Path(name)
 
 

@@ -392,3 +392,16 @@ def test_lookup_by_entities_finds_what_the_writer_named(tmp_path):
     assert D.source_entities(written[3]) == {"sub": "02", "ses": "1", "acq": "space"}
     assert D.VOLUMES.pattern() == "*_desc-tfs_volumes.tsv"
     assert written[1].match(D.TFS_MASK.pattern(desc="left"))
+
+
+def test_atomic_writes_get_the_mode_of_an_ordinary_new_file(tmp_path):
+    from ievnet_bids.atomic import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_text_atomic("x", tmp_path / "a.txt")
+        assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+        os.umask(0o077)
+        assert write_text_atomic("y", tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
