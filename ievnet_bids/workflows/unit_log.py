@@ -55,8 +55,9 @@ def configure_unit_logging(unit: str, log_file: Path, verbose: int) -> None:
     handlers: list[logging.Handler] = [to_file, _StageLines(unit)]
     nipype_root = logging.getLogger("nipype")
     nipype_root.propagate = False  # never through the root logger's terminal handler
-    for handler in nipype_root.handlers:  # nipype's own stream handler (stdout)
-        handler.setLevel(logging.DEBUG if verbose >= 1 else logging.CRITICAL + 1)
+    for handler in nipype_root.handlers:  # nipype's own stream handler (stdout), nothing else
+        if type(handler) is logging.StreamHandler:
+            handler.setLevel(logging.DEBUG if verbose >= 1 else logging.CRITICAL + 1)
     for name in NIPYPE_LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
