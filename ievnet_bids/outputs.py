@@ -1,9 +1,9 @@
 """Compose one slab's BIDS-Derivatives (masks, probsegs, dseg, volumes table) and QC flags.
 
-The QC checks live in :mod:`ievnet_bids.qc`; the volumes table carries the flags that
-the native-grid mask alone decides (volume, components, refinement move, slab edge). The
-report node adds the ROI-grid checks (canal loops, boundary probability) in
-``..._desc-tfs_qc.json``.
+The QC checks live in :mod:`ievnet_bids.qc`; each ear's QC record is computed once, on the
+0.2 mm ROI grid, by the segment node. The volumes table is written from it (volume, components,
+flags), plus the volume of the published slab-grid mask (``slab_volume_mm3``); the report
+node writes the same record into ``..._desc-tfs_qc.json``.
 
 Everything is written to a staging folder first; :func:`ievnet_bids.bids.derivatives.publish`
 then moves the whole set into the output dataset, so a failed subject leaves nothing behind.
@@ -19,15 +19,7 @@ import numpy as np
 
 from ievnet_bids.bids import derivatives as D
 from ievnet_bids.geometry.extract import image_like
-from ievnet_bids.qc import (  # noqa: F401  (re-exported: the QC lives in ievnet_bids.qc)
-    EXPECTED_VOLUME_MM3,
-    MAX_REFINEMENT_MOVE_MM,
-    component_volumes,
-    flags_cell,
-    qc_checks,
-    qc_flags,
-    significant_components,
-)
+from ievnet_bids.qc import flags_cell, significant_components
 
 SIDES = ("left", "right")
 DSEG_VALUE = {"left": 1, "right": 2}
@@ -44,12 +36,16 @@ def stage_slab_outputs(
     localizer: str,
     head: Path | None = None,
     inference: dict[str, Any] | None = None,
+    rois: dict[str, dict[str, Path]] | None = None,
 ) -> tuple[dict[Path, Path], list[dict[str, Any]]]:
     """Write all derivatives of ``slab`` into ``stage_dir``.
 
     ``ears[side]`` holds ``prob`` and ``mask`` (native-grid NIfTI paths), ``centre_mm``,
-    ``moved_mm`` and ``touches_edge``; ``inference`` (e.g. ``ProbabilityThreshold``,
-    ``FlipTTA``) goes into every sidecar. Returns ``({staged: destination}, volume rows)``.
+    ``moved_mm`` and ``qc`` (the ear's QC record on the ROI grid); ``inference`` (e.g.
+    ``ProbabilityThreshold``, ``FlipTTA``) goes into every sidecar. ``rois[side]`` (optional)
+    holds the ROI-grid ``image``, ``prob`` and ``mask`` (the network's own 0.2 mm grid), staged
+    as ``space-ROI`` derivatives with their ROI-to-slab transform. Returns
+    ``({staged: destination}, volume rows)``.
     """
     slab_img = nib.load(str(slab))
     voxel_mm3 = float(np.prod(slab_img.header.get_zooms()[:3]))
@@ -82,28 +78,22 @@ def stage_slab_outputs(
             D.segmentation_sidecar(slab, **common),
             **D.TFS_PROBSEG.entities(desc=side),
         )
-        volume = float(mask.sum() * voxel_mm3)
-        components = component_volumes(mask, voxel_mm3)
-        # the same count as the multiple_components flag: specks under 1 mm³ (partial-volume
-        # voxels of the mapping back onto a coarser grid) are not counted
-        n_comp = len(significant_components(components))
-        flags = qc_checks(
-            volume_mm3=volume,
-            component_volumes_mm3=components,
-            moved_mm=float(ear["moved_mm"]),
-            touches_edge=bool(ear["touches_edge"]),
-        )
+        if rois is not None:
+            _stage_roi_outputs(staging, slab, slab_img, side, rois[side], common)
+        qc = ear["qc"]
         rows.append(
             {
                 "side": side,
-                "volume_mm3": round(volume, 3),
-                "n_components": n_comp,
+                "volume_mm3": qc["volume_mm3"],
+                "slab_volume_mm3": round(float(mask.sum() * voxel_mm3), 3),
+                # components of at least 1 mm³, as counted by the multiple_components flag
+                "n_components": len(significant_components(qc["component_volumes_mm3"])),
                 "centre_x_mm": round(float(ear["centre_mm"][0]), 3),
                 "centre_y_mm": round(float(ear["centre_mm"][1]), 3),
                 "centre_z_mm": round(float(ear["centre_mm"][2]), 3),
                 "localizer": localizer,
                 "refinement_moved_mm": round(float(ear["moved_mm"]), 3),
-                "qc_flags": flags_cell([f.name for f in flags]),
+                "qc_flags": flags_cell([f["name"] for f in qc["flags"]]),
                 "model": model_name,
                 "model_sha256": model_sha256[:12],
             }
@@ -124,3 +114,35 @@ def stage_slab_outputs(
     )
     staging.tsv(rows, **D.VOLUMES.entities())
     return staging.files, rows
+
+
+def _stage_roi_outputs(
+    staging: D.Staging,
+    slab: Path,
+    slab_img: Any,
+    side: str,
+    files: dict[str, Path],
+    common: dict[str, Any],
+) -> None:
+    """Stage one ear's ROI-grid image, probseg and mask (the paper's native output)."""
+    kinds = (("image", D.ROI_IMAGE, np.float32), ("prob", D.ROI_PROBSEG, np.float32),
+             ("mask", D.ROI_MASK, np.uint8))  # fmt: skip
+    for key, kind, dtype in kinds:
+        img = nib.load(str(files[key]))
+        data = np.asanyarray(img.dataobj).astype(dtype)
+        base = (
+            D.mask_sidecar(slab, **common)
+            if key == "mask"
+            else D.segmentation_sidecar(slab, **common)
+        )
+        if key == "image":
+            base = {k: v for k, v in base.items() if k in ("Sources", "SpatialReference", "Side")}
+            base["Description"] = f"the slab resampled onto the {side} ear's ROI grid"
+            base["SkullStripped"] = False
+        sidecar = D.roi_sidecar(
+            slab, roi_affine=img.affine, roi_shape=data.shape, slab_affine=slab_img.affine,
+            base=base,
+        )  # fmt: skip
+        out = nib.Nifti1Image(data, img.affine)
+        out.header.set_xyzt_units("mm")
+        staging.nifti(out, sidecar, **kind.entities(desc=side))

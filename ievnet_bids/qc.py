@@ -330,24 +330,6 @@ def qc_checks(
     return flags
 
 
-def qc_flags(
-    volume_mm3: float,
-    n_components: int,
-    moved_mm: float,
-    touches_edge: bool,
-) -> list[str]:
-    """Names of the flags computable from a volume row (the original interface)."""
-    return [
-        f.name
-        for f in qc_checks(
-            volume_mm3=volume_mm3,
-            n_components=n_components,
-            moved_mm=moved_mm,
-            touches_edge=touches_edge,
-        )
-    ]
-
-
 def thresholds() -> dict[str, Any]:
     """The QC thresholds in force (recorded with every QC record)."""
     return {
@@ -362,47 +344,39 @@ def thresholds() -> dict[str, Any]:
 
 def ear_record(
     *,
-    native_mask: np.ndarray,
-    native_voxel_mm3: float,
-    roi_mask: np.ndarray | None,
+    roi_mask: np.ndarray,
     roi_prob: np.ndarray | None,
     roi_spacing: float | Sequence[float] = 0.2,
     moved_mm: float = 0.0,
     touches_edge: bool = False,
 ) -> dict[str, Any]:
-    """Measurements and flags of one ear.
+    """Measurements and flags of one ear, all on the 0.2 mm ROI grid the model worked on.
 
-    Volume and components come from the published (native-grid) mask, as in the volumes
-    table; topology and boundary probability from the ROI grid the model worked on (0.2 mm),
-    where thin canals are resolved. Returns ``{"volume_mm3", "component_volumes_mm3",
-    "roi_volume_mm3", "topology", "boundary_prob", "moved_mm", "touches_edge", "flags"}``.
+    Volume, components, canal loops and boundary probability are measured on the ROI-grid
+    mask, where thin canals are resolved (on a 0.5 mm slab they break, and partial-volume
+    specks appear). This record is computed once, by the segment node; the volumes table and
+    the QC JSON are both written from it. Returns ``{"volume_mm3", "component_volumes_mm3",
+    "topology", "boundary_prob", "moved_mm", "touches_edge", "flags"}``.
     """
-    native = np.asarray(native_mask) > 0
-    volume = float(np.count_nonzero(native)) * native_voxel_mm3
-    comps = component_volumes(native, native_voxel_mm3)
-    topo: Topology | None = None
-    bprob = None
-    roi_volume = None
-    if roi_mask is not None:
-        roi = np.asarray(roi_mask) > 0
-        sp = _spacing3(roi_spacing)
-        roi_volume = float(np.count_nonzero(roi)) * float(np.prod(sp))
-        topo = topology(roi, sp)
-        if roi_prob is not None:
-            bprob = boundary_probability(roi_prob, roi)
+    roi = np.asarray(roi_mask) > 0
+    sp = _spacing3(roi_spacing)
+    voxel_mm3 = float(np.prod(sp))
+    volume = float(np.count_nonzero(roi)) * voxel_mm3
+    comps = component_volumes(roi, voxel_mm3)
+    topo = topology(roi, sp)
+    bprob = boundary_probability(roi_prob, roi) if roi_prob is not None else None
     flags = qc_checks(
         volume_mm3=volume,
         component_volumes_mm3=comps,
         moved_mm=moved_mm,
         touches_edge=touches_edge,
-        canal_loops=None if topo is None else topo.canal_loops,
+        canal_loops=topo.canal_loops,
         boundary_prob=bprob,
     )
     return {
         "volume_mm3": round(volume, 3),
         "component_volumes_mm3": [round(v, 3) for v in comps[:20]],
-        "roi_volume_mm3": None if roi_volume is None else round(roi_volume, 3),
-        "topology": None if topo is None else topo.to_dict(),
+        "topology": topo.to_dict(),
         "boundary_prob": None if bprob is None else round(bprob, 4),
         "moved_mm": round(float(moved_mm), 3),
         "touches_edge": bool(touches_edge),

@@ -69,7 +69,9 @@ class EarResult:
     (kept/dropped components, volume); ``recentred_mm``: how far re-centring moved the ROI;
     ``moved_mm``: the total move from the first guess (refinement + re-centring);
     ``roi_grid``: the final ROI grid (``shape``, ``affine``; the one the mask was segmented
-    on, after any re-centring) and ``touches_edge`` derived from it.
+    on, after any re-centring) and ``touches_edge`` derived from it; ``qc``: the ear's QC
+    record on that grid (:func:`ievnet_bids.qc.ear_record`), computed once and read by the
+    volumes table and the QC JSON.
     """
 
     side: str
@@ -80,6 +82,7 @@ class EarResult:
     roi_grid: dict[str, Any]
     touches_edge: bool
     cleanup: dict[str, Any] = field(default_factory=dict)
+    qc: dict[str, Any] = field(default_factory=dict)
 
     @property
     def centre_mm(self) -> list[float]:

@@ -119,28 +119,45 @@ def segment_ears(
 def ear_result(
     ear: EarRoi, refinement_moved_mm: float, slab_img: nib.spatialimages.SpatialImage
 ) -> EarResult:
-    """The typed record of a segmented ear: ``moved_mm`` = refinement + re-centring, and
-    ``touches_edge`` from the ear's final ROI grid (the one it was segmented on)."""
+    """The typed record of a segmented ear: ``moved_mm`` = refinement + re-centring,
+    ``touches_edge`` from the ear's final ROI grid (the one it was segmented on), and the QC
+    record measured on that grid."""
     from ievnet_bids.geometry.extract import roi_touches_slab_edge
+    from ievnet_bids.qc import ear_record
 
     info = dict(ear.info or {})
     recentred = info.pop("recentred_mm", 0.0)
+    moved = refinement_moved_mm + recentred
+    touches_edge = bool(roi_touches_slab_edge(ear.grid, slab_img))
+    mask = ear.mask if ear.mask is not None else np.zeros(ear.grid.shape, np.uint8)
     return EarResult(
         side=ear.side,
         roi_centre_mm=info.pop("roi_centre_mm"),
         labyrinth_centre_mm=info.pop("labyrinth_centre_mm", None),
         recentred_mm=recentred,
-        moved_mm=refinement_moved_mm + recentred,
+        moved_mm=moved,
         roi_grid=json.loads(ear.grid.to_json()),
-        touches_edge=bool(roi_touches_slab_edge(ear.grid, slab_img)),
+        touches_edge=touches_edge,
         cleanup=info,
+        qc=ear_record(
+            roi_mask=mask,
+            roi_prob=ear.prob,
+            roi_spacing=ear.grid.spacing,
+            moved_mm=moved,
+            touches_edge=touches_edge,
+        ),
     )
 
 
-def cleaned_probability(prob: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The probability restricted to the kept labyrinth (plus a one-voxel rim for its edges)."""
-    keep = ndimage.binary_dilation(mask > 0, iterations=1)
-    return np.where(keep, prob, 0.0).astype(np.float32)
+def cleaned_probability(prob: np.ndarray, mask: np.ndarray, threshold: float) -> np.ndarray:
+    """The probability restricted to the kept labyrinth (plus a one-voxel rim for its edges),
+    raised to at least ``threshold`` inside the mask: voxels the clean-up added (filled
+    cavities, bridges through lower probability) stay in the mask when it is mapped back."""
+    inside = mask > 0
+    keep = ndimage.binary_dilation(inside, iterations=1)
+    cleaned = np.where(keep, prob, 0.0).astype(np.float32)
+    np.maximum(cleaned, np.float32(threshold), out=cleaned, where=inside)
+    return cleaned
 
 
 def map_back_ear(
@@ -152,8 +169,8 @@ def map_back_ear(
     """(probability, mask) of one ear on the slab's native grid.
 
     The raw probability is linearly interpolated for the ``probseg``; the mask is the
-    interpolated *cleaned* probability (dropped components removed) thresholded at
-    ``threshold`` (the model card's).
+    interpolated *cleaned* probability (:func:`cleaned_probability`: dropped components
+    removed, added voxels kept) thresholded at ``threshold`` (the model card's).
     """
     from ievnet_bids.geometry.extract import map_back
 
@@ -161,7 +178,7 @@ def map_back_ear(
     prob = np.asanyarray(prob_roi.dataobj, dtype=np.float32)
     mask = np.asanyarray(mask_roi.dataobj) > 0
     native_prob = map_back(prob, grid, slab_img)
-    native_mask = map_back(cleaned_probability(prob, mask), grid, slab_img) >= threshold
+    native_mask = map_back(cleaned_probability(prob, mask, threshold), grid, slab_img) >= threshold
     return native_prob, native_mask.astype(np.uint8)
 
 

@@ -121,7 +121,7 @@ def test_bad_units_leave_nothing_and_the_good_unit_is_unaffected(bad_run):
     out = bad_run["out"]
     for sub in BAD_SLABS:
         assert not (out / sub).exists()
-    masks = sorted((out / "sub-01" / "ses-1" / "anat").glob("*_mask.nii.gz"))
+    masks = sorted((out / "sub-01" / "ses-1" / "anat").glob("*_space-orig_*_mask.nii.gz"))
     assert [m.name.split("desc-")[1] for m in masks] == ["left_mask.nii.gz", "right_mask.nii.gz"]
     assert all(np.asanyarray(nib.load(m).dataobj).sum() > 0 for m in masks)
 

@@ -1,4 +1,7 @@
-"""Per-slab derivatives (ievnet_bids.outputs): volumes table against planted masks."""
+"""Per-slab derivatives (ievnet_bids.outputs): volumes table against planted masks.
+
+The table is written from each ear's QC record (measured on the ROI grid, here a planted
+0.5 mm "ROI" mask) plus the volume of the published slab-grid mask."""
 
 from __future__ import annotations
 
@@ -8,22 +11,23 @@ import nibabel as nib
 import numpy as np
 
 from ievnet_bids.outputs import stage_slab_outputs
+from ievnet_bids.qc import ear_record
 
 SLAB = "sub-01/anat/sub-01_acq-space_T2w.nii.gz"
 
 
-def _ear_files(tmp_path, side: str, mask: np.ndarray, affine: np.ndarray) -> dict:
+def _ear_files(
+    tmp_path, side: str, mask: np.ndarray, affine: np.ndarray, roi_mask: np.ndarray | None = None
+) -> dict:
+    """Slab-grid files of ``mask`` and the QC record of ``roi_mask`` (default: ``mask``)."""
     mask_path = tmp_path / f"{side}_mask.nii.gz"
     prob_path = tmp_path / f"{side}_prob.nii.gz"
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), mask_path)
     nib.save(nib.Nifti1Image(mask.astype(np.float32) * 0.9, affine), prob_path)
-    return {
-        "mask": mask_path,
-        "prob": prob_path,
-        "centre_mm": [1.0, 2.0, 3.0],
-        "moved_mm": 0.5,
-        "touches_edge": False,
-    }
+    roi = mask if roi_mask is None else roi_mask
+    qc = ear_record(roi_mask=roi, roi_prob=roi * 0.9, roi_spacing=0.5, moved_mm=0.5)
+    return {"mask": mask_path, "prob": prob_path, "centre_mm": [1.0, 2.0, 3.0],
+            "moved_mm": 0.5, "qc": qc}  # fmt: skip
 
 
 def test_volume_table_counts_components_like_the_qc_flag(tmp_path, tiny_bids):
@@ -41,6 +45,10 @@ def test_volume_table_counts_components_like_the_qc_flag(tmp_path, tiny_bids):
         "left": _ear_files(tmp_path, "left", left, affine),
         "right": _ear_files(tmp_path, "right", right, affine),
     }
+    # on the ROI grid the left ear's speck is gone: the table follows the ROI-grid record
+    ears["left"]["qc"] = ear_record(
+        roi_mask=np.pad(np.ones((10, 10, 10), bool), 2), roi_prob=None, roi_spacing=0.5
+    )
     staged, rows = stage_slab_outputs(
         slab,
         ears,
@@ -51,10 +59,11 @@ def test_volume_table_counts_components_like_the_qc_flag(tmp_path, tiny_bids):
         localizer="landmarks",
     )
     by_side = {r["side"]: r for r in rows}
-    assert by_side["left"]["volume_mm3"] == 125.125
+    assert by_side["left"]["volume_mm3"] == 125.0  # the ROI grid's
+    assert by_side["left"]["slab_volume_mm3"] == 125.125  # the published mask's, speck included
     assert by_side["left"]["n_components"] == 1
     assert "multiple_components" not in by_side["left"]["qc_flags"]
-    assert by_side["right"]["volume_mm3"] == 133.0
+    assert by_side["right"]["volume_mm3"] == by_side["right"]["slab_volume_mm3"] == 133.0
     assert by_side["right"]["n_components"] == 2
     assert "multiple_components" in by_side["right"]["qc_flags"]
     # the staged TSV holds the same rows and lands next to the masks

@@ -184,7 +184,9 @@ def test_missing_slab_fails_that_subject_alone(run, link_tree, tmp_path, caplog)
     assert _run(bids, out, run["work"]) == 1
     assert "sub-02" in caplog.text and "no inner-ear slab" in caplog.text
     assert not (out / "sub-02").exists()  # no partial derivatives
-    assert len(list((out / "sub-01").rglob("*_mask.nii.gz"))) == 4  # two sessions, two ears
+    # two sessions, two ears: on the slab grid and on each ear's ROI grid
+    assert len(list((out / "sub-01").rglob("*_space-orig_*_mask.nii.gz"))) == 4
+    assert len(list((out / "sub-01").rglob("*_space-ROI_*_mask.nii.gz"))) == 4
 
 
 def test_units_run_concurrently_with_the_same_results(run, tmp_path, caplog):
@@ -254,3 +256,27 @@ def test_landmark_error_of_12mm_is_recovered(run, tmp_path):
         pred = np.asanyarray(_mask(out, sub, ses, side).dataobj) > 0
         ref = np.asanyarray(_truth_mask(run["truth"], sub, ses, side).dataobj) > 0
         assert dice(pred, ref) >= 0.9, (side, dice(pred, ref))
+
+
+def test_roi_grid_outputs_match_the_table_and_map_onto_the_slab(run):
+    """The network's own 0.2 mm outputs: the table's volume is the ROI-grid mask's, and the
+    sidecar's RoiToSlabVoxelAffine carries the ROI mask onto the published slab mask."""
+    for sub, ses in _units(run["bids"]):
+        folder = run["out"] / sub / (ses or "") / "anat"
+        table = _volumes(run["out"], sub, ses)
+        for side in SIDES:
+            stem = f"{_prefix(sub, ses)}_acq-space_space-ROI"
+            img = nib.load(folder / f"{stem}_desc-{side}_T2w.nii.gz")
+            mask_img = nib.load(folder / f"{stem}_label-TFS_desc-{side}_mask.nii.gz")
+            prob = nib.load(folder / f"{stem}_label-TFS_desc-{side}_probseg.nii.gz")
+            assert img.shape == mask_img.shape == prob.shape == (200, 150, 100)
+            np.testing.assert_allclose(mask_img.header.get_zooms(), (0.2, 0.2, 0.2), atol=1e-5)
+            mask = np.asanyarray(mask_img.dataobj) > 0
+            assert float(table[side]["volume_mm3"]) == pytest.approx(mask.sum() * 0.008, abs=1e-3)
+            sidecar = json.loads((folder / f"{stem}_label-TFS_desc-{side}_mask.json").read_text())
+            assert sidecar["ROIGrid"]["Shape"] == [200, 150, 100]
+            to_slab = np.asarray(sidecar["RoiToSlabVoxelAffine"])
+            slab_mask = np.asanyarray(_mask(run["out"], sub, ses, side).dataobj) > 0
+            centre_roi = np.append(np.argwhere(mask).mean(0), 1.0)
+            centre_slab = np.argwhere(slab_mask).mean(0)
+            assert np.abs((to_slab @ centre_roi)[:3] - centre_slab).max() < 1.0  # slab voxels

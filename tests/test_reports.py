@@ -121,7 +121,7 @@ def _cut_canal(labels: np.ndarray, label: int, radius_vox: float = 6.0) -> np.nd
 
 def _flags(mask: np.ndarray, prob: np.ndarray | None = None, **kw) -> dict[str, str]:
     prob = np.where(mask, 0.97, 0.0) if prob is None else prob
-    rec = Q.ear_record(native_mask=mask, native_voxel_mm3=VOXEL, roi_mask=mask, roi_prob=prob, **kw)
+    rec = Q.ear_record(roi_mask=mask, roi_prob=prob, roi_spacing=SP, **kw)
     return {f["name"]: f["reason"] for f in rec["flags"]}
 
 
@@ -180,19 +180,6 @@ def test_low_boundary_probability_move_and_edge_are_flagged(phantoms):
     assert Q.boundary_probability(unsure, mask) == pytest.approx(0.55, abs=1e-6)
     flags = _flags(mask, moved_mm=15.0, touches_edge=True)
     assert set(flags) == {"large_refinement_move", "roi_touches_slab_edge"}
-
-
-def test_volume_table_flags_keep_their_interface():
-    from ievnet_bids.outputs import qc_flags
-
-    assert qc_flags(250.0, 1, 2.0, False) == []
-    assert qc_flags(0.0, 0, 2.0, False) == ["empty_mask"]
-    assert qc_flags(600.0, 2, 20.0, True) == [
-        "volume_out_of_range",
-        "multiple_components",
-        "large_refinement_move",
-        "roi_touches_slab_edge",
-    ]
 
 
 # --------------------------------------------------------------------------- figures

@@ -139,6 +139,14 @@ VOLUMES = Kind("volumes", ".tsv", space=None, desc="tfs")
 """``<source>_desc-tfs_volumes.tsv``: one row per ear"""
 QC_RECORD = Kind("qc", ".json", space=None, desc="tfs")
 """``<source>_desc-tfs_qc.json``"""
+ROI_SPACE = "ROI"
+"""The 0.2 mm ear ROI grid the network works on (200×150×100 voxels, one per ear)."""
+ROI_IMAGE = Kind("T2w", ".nii.gz", space=ROI_SPACE)
+"""``<source>_space-ROI_desc-<side>_T2w.nii.gz``: the slab resampled onto the ear's ROI grid"""
+ROI_MASK = Kind("mask", ".nii.gz", space=ROI_SPACE, label="TFS")
+"""``<source>_space-ROI_label-TFS_desc-<side>_mask.nii.gz``"""
+ROI_PROBSEG = Kind("probseg", ".nii.gz", space=ROI_SPACE, label="TFS")
+"""``<source>_space-ROI_label-TFS_desc-<side>_probseg.nii.gz``"""
 
 
 def find_derivatives(
@@ -298,6 +306,50 @@ def mask_sidecar(
             inference=inference,
         ),
     }
+
+
+def roi_sidecar(
+    source: str | Path,
+    *,
+    roi_affine: Any,
+    roi_shape: Sequence[int],
+    slab_affine: Any,
+    base: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Sidecar of a ``space-ROI`` image: ``base`` (a segmentation sidecar of the same ear)
+    plus the ROI grid (``ROIGrid``) and its voxel-to-voxel transform onto the source slab.
+
+    Both grids lie in the same scanner space (their NIfTI affines); ``RoiToSlabVoxelAffine``
+    maps ROI voxel indices to slab voxel indices (``inv(slab affine) @ ROI affine``), so a
+    tool working on the ROI grid can map its results back without resampling twice.
+    """
+    import numpy as np
+
+    roi = np.asarray(roi_affine, dtype=float)
+    to_slab = np.linalg.inv(np.asarray(slab_affine, dtype=float)) @ roi
+    out = dict(base)
+    out["Description"] = (
+        f"{base.get('Description', 'inner-ear total fluid space (TFS)')}, on the ear's "
+        "0.2 mm ROI grid (the network's own grid)"
+    )
+    # SpatialReference stays the slab's URI (BIDS wants a URI there); the ROI grid and its
+    # transform onto the slab are keys of their own
+    out["SpatialReference"] = base.get("SpatialReference", bids_uri_or_name(source))
+    out["ROIGrid"] = {
+        "Shape": [int(n) for n in roi_shape],
+        "VoxelSizeMM": [round(float(v), 6) for v in np.linalg.norm(roi[:3, :3], axis=0)],
+        "Affine": [[round(float(v), 6) for v in row] for row in roi],
+    }
+    out["RoiToSlabVoxelAffine"] = [[round(float(v), 6) for v in row] for row in to_slab]
+    return out
+
+
+def bids_uri_or_name(source: str | Path) -> str:
+    """``source``'s BIDS URI, or its file name when it is not inside a BIDS dataset."""
+    try:
+        return bids_uri(source, dataset_root_of(source))
+    except (ValueError, OSError):
+        return Path(source).name
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -474,7 +526,11 @@ Per source slab, in `sub-<label>/[ses-<label>/]anat/`:
   slab's grid, with a JSON sidecar (model, settings, ear centre, localization);
 - `*_space-orig_label-TFS_desc-{left,right}_probseg.nii.gz`: the network's TFS probability;
 - `*_space-orig_dseg.nii.gz`: both ears in one label image (`desc-tfs_dseg.tsv`);
-- `*_desc-tfs_volumes.tsv` and `*_desc-tfs_qc.json`: volumes and automatic QC flags per ear.
+- `*_space-ROI_desc-{left,right}_T2w.nii.gz`, `*_space-ROI_label-TFS_desc-{left,right}_`
+  `{probseg,mask}.nii.gz`: the network's own 0.2 mm ROI grid (200×150×100) per ear; the
+  sidecars give the grid and `RoiToSlabVoxelAffine` (ROI voxel → slab voxel);
+- `*_desc-tfs_volumes.tsv` and `*_desc-tfs_qc.json`: volumes and automatic QC flags per ear,
+  measured on the ROI grid (`slab_volume_mm3`: the volume of the slab-grid mask).
 
 `sub-<label>.html` is the subject report; `group_tfs.tsv`/`group_tfs.html` are written by the
 group level; `logs/` holds each run's configuration. `dataset_description.json` names the

@@ -25,6 +25,9 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     left_mask = File(exists=True, mandatory=True)
     right_prob = File(exists=True, mandatory=True)
     right_mask = File(exists=True, mandatory=True)
+    roi_images = traits.List(File(exists=True), desc="ROI-grid images, left then right")
+    roi_probs = traits.List(File(exists=True), desc="ROI-grid probabilities, left then right")
+    roi_masks = traits.List(File(exists=True), desc="ROI-grid masks, left then right")
     output_dir = Directory(mandatory=True)
 
 
@@ -34,7 +37,8 @@ class _SinkOutputSpec(TraitedSpec):
 
 
 class SlabDerivativesSink(SimpleInterface):
-    """Write masks, probsegs, dseg (+ sidecars) and the volumes table of one slab.
+    """Write masks, probsegs, dseg (+ sidecars), the ROI-grid image, probseg and mask of each
+    ear, and the volumes table of one slab.
 
     Always runs (cheap): a rerun re-publishes and skips byte-identical files.
     """
@@ -56,7 +60,17 @@ class SlabDerivativesSink(SimpleInterface):
                 "mask": getattr(self.inputs, f"{side}_mask"),
                 "centre_mm": seg.ears[side].centre_mm,
                 "moved_mm": seg.ears[side].moved_mm,
-                "touches_edge": seg.ears[side].touches_edge,
+                "qc": seg.ears[side].qc,
+            }
+        rois = None
+        if self.inputs.roi_masks:
+            rois = {
+                side: {
+                    "image": self.inputs.roi_images[i],
+                    "prob": self.inputs.roi_probs[i],
+                    "mask": self.inputs.roi_masks[i],
+                }
+                for i, side in enumerate(("left", "right"))
             }
         staged, _ = stage_slab_outputs(
             Path(self.inputs.slab),
@@ -68,6 +82,7 @@ class SlabDerivativesSink(SimpleInterface):
             localizer=loc.localizer,
             head=Path(self.inputs.head) if self.inputs.head else None,
             inference=seg.inference,
+            rois=rois,
         )
         publish(staged)
         self._results["out_files"] = [str(d) for d in staged.values()]

@@ -96,6 +96,7 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
 
 
 class _SegmentOutputSpec(TraitedSpec):
+    images = traits.List(File(exists=True), desc="final ROI images, left then right")
     probs = traits.List(File(exists=True), desc="ROI probabilities, left then right")
     masks = traits.List(File(exists=True), desc="cleaned ROI masks, left then right")
     threshold = traits.Float(desc="the model card's probability threshold")
@@ -152,6 +153,7 @@ class SegmentEars(SimpleInterface):
             },
             ears={ear.side: ear_result(ear, loc.moved_mm[ear.side], slab) for ear in ears},
         ).to_json(cwd / "segment.json")
+        self._results["images"] = [str(f["image"]) for f in files]
         self._results["probs"] = [str(f["prob"]) for f in files]
         self._results["masks"] = [str(f["mask"]) for f in files]
         self._results["record"] = str(cwd / "segment.json")

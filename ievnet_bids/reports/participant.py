@@ -90,14 +90,11 @@ def stage_slab_report(
         rois[side] = (np.asarray(prob_img.affine), tuple(prob.shape))
         native = nib.load(str(native_masks[side]))
         ear = segment.ears[side]
-        records[side] = Q.ear_record(
-            native_mask=np.asanyarray(native.dataobj) > 0,
-            native_voxel_mm3=float(np.prod(native.header.get_zooms()[:3])),
-            roi_mask=mask,
-            roi_prob=prob,
-            roi_spacing=spacing,
-            moved_mm=ear.moved_mm,
-            touches_edge=ear.touches_edge,
+        records[side] = dict(ear.qc)  # computed once, on the ROI grid, by the segment node
+        records[side]["slab_volume_mm3"] = round(
+            float(np.count_nonzero(np.asanyarray(native.dataobj)))
+            * float(np.prod(native.header.get_zooms()[:3])),
+            3,
         )
         records[side]["roi_centre_mm"] = ear.roi_centre_mm
         records[side]["labyrinth_centre_mm"] = ear.labyrinth_centre_mm

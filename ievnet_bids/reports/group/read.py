@@ -24,6 +24,7 @@ GROUP_COLUMNS = (
     "dataset",
     "side",
     "volume_mm3",
+    "slab_volume_mm3",
     "n_components",
     "canal_loops",
     "euler",
