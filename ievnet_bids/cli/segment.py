@@ -245,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "warning" in info:
             print(f"{PROG}: {path}: warning: {info['warning']}", file=sys.stderr)
         vol = info["volume_mm3"]
-        print(f"{name}: {vol:.1f} mm3 in {len(info['kept'])} component(s) -> {mask_path}")
+        pieces = info.get("connect", {}).get("n_pieces_after", len(info["kept"]))
+        print(f"{name}: {vol:.1f} mm3 in {pieces} component(s) -> {mask_path}")
     return status
 
 
