@@ -7,7 +7,8 @@ Builds (once, in ``ROOT``) the dataset the participant tests use (``tests/confte
 2 subjects, 3 sessions, seed 11, 0.5 mm slabs) or, with ``--seed/--subjects/--sessions``,
 another one (a calibration set: never choose anything on the test dataset), runs
 ``ievnet-bids … participant`` with the given model, and prints per ear: Dice against the
-phantom ground truth on the slab grid, predicted and true volume (mm³), and the localizer.
+phantom ground truth on the slab grid, predicted and true volume (mm³), the localizer and
+the QC flags (on these intact phantoms every flag is a false alarm).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def score(bids: Path, truth: Path, out: Path) -> list[dict[str, object]]:
                     "volume_pred_mm3": round(pred.sum() * voxel_mm3, 1),
                     "volume_ref_mm3": round(ref.sum() * voxel_mm3, 1),
                     "localizer": table[side]["localizer"],
+                    "qc_flags": table[side]["qc_flags"],
                 }
             )
     return rows
@@ -99,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     writer.writeheader()
     writer.writerows(rows)
     dices = [float(r["dice"]) for r in rows]  # type: ignore[arg-type]
+    flagged = [r for r in rows if r["qc_flags"] not in ("", "n/a")]
     print(f"# {tag}: Dice min {min(dices):.4f} mean {np.mean(dices):.4f}; "
-          f"{sum(d >= 0.9 for d in dices)}/{len(dices)} ears >= 0.9")  # fmt: skip
+          f"{sum(d >= 0.9 for d in dices)}/{len(dices)} ears >= 0.9; "
+          f"{len(flagged)}/{len(rows)} ears flagged")  # fmt: skip
     return 0
 
 
