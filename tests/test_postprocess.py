@@ -166,3 +166,23 @@ def test_bridge_rule_rides_in_the_cleanup_record_and_connects_the_mask():
     assert cc3d.connected_components(joined > 0, connectivity=26).max() == 1
     assert info["connect"]["pieces"][0]["action"] == "bridged"
     assert info["params"]["bridges"] == BridgeRule().to_json()
+
+
+def test_voxels_added_by_the_cleanup_survive_the_map_back():
+    import nibabel as nib
+
+    from ievnet_bids.segmentation import map_back_ear
+
+    affine = np.diag([0.2, 0.2, 0.2, 1.0])
+    prob = np.zeros((30, 30, 30), np.float32)
+    prob[5:25, 5:25, 5:25] = 0.9
+    prob[14:16, 14:16, 14:16] = 0.2  # a dim cavity, filled by the clean-up
+    prob[26:28, 10:12, 10:12] = 0.95  # a dropped blob
+    mask = np.zeros(prob.shape, np.uint8)
+    mask[5:25, 5:25, 5:25] = 1
+    slab = nib.Nifti1Image(np.zeros(prob.shape, np.float32), affine)  # the ROI grid itself
+    native_prob, native_mask = map_back_ear(
+        nib.Nifti1Image(prob, affine), nib.Nifti1Image(mask, affine), slab, threshold=0.5
+    )
+    np.testing.assert_array_equal(native_mask, mask)  # cavity kept, blob dropped
+    np.testing.assert_allclose(native_prob, prob, atol=1e-6)  # the probseg is the raw one
