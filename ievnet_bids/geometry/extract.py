@@ -110,30 +110,13 @@ def roi_touches_slab_edge(grid: RoiGrid, slab_img: nib.spatialimages.SpatialImag
     return bool(np.any(vox < EDGE_TOL_VOX) or np.any(vox > n - EDGE_TOL_VOX))
 
 
-def outside_fraction(grid: RoiGrid, slab_img: nib.spatialimages.SpatialImage) -> float:
-    """Fraction of ROI voxel centres outside the slab's field of view (0 = fully covered)."""
-    if not roi_touches_slab_edge(grid, slab_img):
-        return 0.0
-    slab = slab_grid(slab_img)
-    m = (np.linalg.inv(slab.affine) @ grid.affine).astype(np.float64)
-    n = np.asarray(slab.shape, dtype=float) - 1
-    jk = np.indices(grid.shape[1:], dtype=np.float64).reshape(2, -1)
-    base = m[:3, 1:3] @ jk + m[:3, 3:4]  # (3, ny*nz) for i = 0
-    outside = 0
-    for i in range(grid.shape[0]):
-        v = base + m[:3, 0:1] * i
-        inside = np.all((v > -EDGE_TOL_VOX) & (v < n[:, None] + EDGE_TOL_VOX), axis=0)
-        outside += int(inside.size - np.count_nonzero(inside))
-    return outside / float(np.prod(grid.shape))
-
-
 def extract_roi(
     slab_img: nib.spatialimages.SpatialImage, grid: RoiGrid, order: int = 3, fill: float = 0.0
 ) -> np.ndarray:
     """Slab intensities on ``grid`` (float32, ``grid.shape``); ``fill`` outside the slab.
 
-    ``order`` 3 = cubic B-spline. Use :func:`outside_fraction` / :func:`roi_touches_slab_edge`
-    to flag a ROI that is not fully covered by the slab.
+    ``order`` 3 = cubic B-spline. Use :func:`roi_touches_slab_edge` to flag a ROI that is not
+    fully covered by the slab.
     """
     slab = slab_grid(slab_img)
     box = box_around(grid, slab, margin=SPLINE_MARGIN if order > 1 else 1)

@@ -11,12 +11,9 @@ anatomy, so the ear centre is re-found in the slab itself:
    the kernel; among the local maxima within 80 % of the best, the nearest to the guess wins.
    *Localisation*: the local normalised cross-correlation (NCC) maximum within 1.5 mm of it,
    sub-voxel; that NCC is the reported score.
-2. **Network confirmation** (optional, given a segmenter): the ROI is extracted at the
-   candidate and segmented; the ROI is re-centred on the bounding-box centre of the cleaned
-   mask, once more if that moved it by more than 2 mm.
-
 The template's reference point is the centre of the TFS bounding box along the ROI axes
-(the labyrinth's extent in the head frame), the point the network step re-centres on too.
+(the labyrinth's extent in the head frame), the point the segment node re-centres on too
+(:func:`ievnet_bids.segmentation.segment_ears`, the one re-centring implementation).
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
 
 import nibabel as nib
 import numpy as np
@@ -35,10 +31,8 @@ from scipy import ndimage
 
 from ievnet_bids.atomic import staged
 from ievnet_bids.geometry.extract import (
-    extract_roi,
     head_rotation_from_affine,
     orthonormal,
-    roi_grid_for,
     slab_data,
     slab_grid,
     sub_grid,
@@ -67,13 +61,6 @@ FINE_MM = 1.5  # localisation: local NCC maximum within this distance of the det
 VAR_FLOOR = 0.25  # local variance floor (the window's variance is 1 after z-scoring)
 MIN_COVERAGE = 0.6  # fraction of the template box that must lie inside the slab
 MIDLINE_EXCLUSION_MM = 15.0  # detect_ears: no ear this close to the slab's mid-sagittal plane
-NETWORK_TOLERANCE_MM = 2.0
-
-
-class ProbabilityModel(Protocol):
-    """What the network step needs (:class:`ievnet_bids.model.infer.Segmenter` fits)."""
-
-    def predict_proba(self, volumes: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -363,41 +350,6 @@ def _localise(
     return pos, float(ncc[tuple(q)])
 
 
-# --------------------------------------------------------------------------- network
-def confirm_with_network(
-    slab_img: nib.spatialimages.SpatialImage,
-    centre_mm: np.ndarray,
-    segmenter: ProbabilityModel,
-    head_rotation: np.ndarray | None = None,
-    *,
-    max_passes: int = 2,
-    tolerance_mm: float = NETWORK_TOLERANCE_MM,
-) -> tuple[np.ndarray, int, str]:
-    """Re-centre the ROI on the segmented labyrinth's bounding-box centre (ROI axes).
-
-    Returns (centre, passes that moved it, note). Repeats while a pass moved it by more than
-    ``tolerance_mm``, at most ``max_passes`` times; an empty mask keeps the current centre.
-    """
-    from ievnet_bids.postprocess import threshold_and_clean
-
-    centre = np.asarray(centre_mm, dtype=float)
-    moved = 0
-    for _ in range(max_passes):
-        grid = roi_grid_for(centre, head_rotation)
-        prob = np.asarray(segmenter.predict_proba(extract_roi(slab_img, grid)[None]))[0]
-        mask, _info = threshold_and_clean(prob, grid.spacing)
-        if not mask.any():
-            return centre, moved, "network found no labyrinth; matched-filter centre kept"
-        idx = np.argwhere(mask)
-        new = grid.voxel_to_world(((idx.min(0) + idx.max(0)) / 2.0)[None])[0]
-        step = float(np.linalg.norm(new - centre))
-        centre = new
-        moved += 1
-        if step <= tolerance_mm:
-            break
-    return centre, moved, ""
-
-
 # --------------------------------------------------------------------------- public
 def _rotation(
     slab_img: nib.spatialimages.SpatialImage, head_rotation: np.ndarray | None
@@ -415,15 +367,14 @@ def refine_centre(
     head_rotation: np.ndarray | None = None,
     search_mm: float = SEARCH_MM,
     spacing_mm: float = TEMPLATE_SPACING_MM,
-    segmenter: ProbabilityModel | None = None,
     threads: int = 1,
     cache_dir: str | Path | None = None,
 ) -> RefinedCentre:
     """Re-centre ``side``'s ear near ``initial_mm`` (world mm) in the T2 slab.
 
     Searches ±``search_mm`` along the head axes (``head_rotation``, default from the slab's
-    affine) with the matched filter, then, with a ``segmenter``, confirms with the network.
-    Falls back to ``initial_mm`` (method ``initial``) when the window misses the slab.
+    affine) with the matched filter. Falls back to ``initial_mm`` (method ``initial``) when the
+    window misses the slab.
     """
     t0 = time.perf_counter()
     initial = np.asarray(initial_mm, dtype=float)
@@ -439,15 +390,9 @@ def refine_centre(
             time.perf_counter() - t0, ("search window outside the slab",),
         )  # fmt: skip
     centre, score = found
-    method, notes = "matched_filter", ()
-    if segmenter is not None:
-        centre, passes, note = confirm_with_network(slab_img, centre, segmenter, rot)
-        if passes:
-            method += "+network"
-        notes = (note,) if note else ()
     return RefinedCentre(
-        initial, centre, float(np.linalg.norm(centre - initial)), score, method,
-        time.perf_counter() - t0, notes,
+        initial, centre, float(np.linalg.norm(centre - initial)), score, "matched_filter",
+        time.perf_counter() - t0, (),
     )  # fmt: skip
 
 
@@ -458,7 +403,6 @@ def detect_ears(
     coarse_spacing_mm: float = 1.0,
     fine_search_mm: float = 4.0,
     spacing_mm: float = TEMPLATE_SPACING_MM,
-    segmenter: ProbabilityModel | None = None,
     threads: int = 1,
     cache_dir: str | Path | None = None,
 ) -> dict[str, RefinedCentre]:
@@ -467,7 +411,7 @@ def detect_ears(
     The slab is split at its centre along the head's left→right axis (``head_rotation``,
     default from the slab affine); each half is searched at ``coarse_spacing_mm`` for the
     best labyrinth peak (not within 15 mm of the mid-plane), which is then refined at
-    ``spacing_mm`` within ±``fine_search_mm`` (and by the network, given a ``segmenter``).
+    ``spacing_mm`` within ±``fine_search_mm``.
     ``initial_mm`` of each record is the coarse peak.
     """
     rot = _rotation(slab_img, head_rotation)
@@ -494,7 +438,7 @@ def detect_ears(
         coarse, _ = found
         fine = refine_centre(
             slab_img, coarse, side, head_rotation=rot, search_mm=fine_search_mm,
-            spacing_mm=spacing_mm, segmenter=segmenter, threads=threads, cache_dir=cache_dir,
+            spacing_mm=spacing_mm, threads=threads, cache_dir=cache_dir,
         )  # fmt: skip
         method = fine.method.replace("matched_filter", "detect")
         out[side] = RefinedCentre(
