@@ -183,9 +183,28 @@ def build_background(
         soft = upsample(soft_c.astype(np.float32), shape) > 0.5
         labels[soft & ~intracranial] = L.SOFT_TISSUE
 
-    # --- IAC with nerves, porus funnel, bony plate at the fundus -----------------------------
+    iac = _paint_iac(rng, labels, grid, frame, tfs, fundus, iac_dir, iac_len, iac_r)
+    if iac is not None:
+        info["iac"] = iac
+    _paint_vessels(rng, labels, grid, frame, lm, protect=tfs | (labels == L.IAC_CSF))
+    return labels, info
+
+
+def _paint_iac(
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    grid: RoiGrid,
+    frame: FrameMap,
+    tfs: np.ndarray,
+    fundus: np.ndarray,
+    iac_dir: np.ndarray,
+    iac_len: float,
+    iac_r: float,
+) -> dict | None:
+    """The IAC (porus funnel, a bony plate of 0–0.4 mm at the fundus) and its nerves, in
+    place; returns the IAC's record (None when it misses the grid)."""
+    record = None
     iac = _iac_tubes(rng, fundus, iac_dir, iac_len, iac_r)
-    protect = tfs.copy()
     iac_res = structure_mask(iac, grid, frame)
     if iac_res is not None:
         box, inside = iac_res
@@ -196,12 +215,22 @@ def build_background(
             inside &= ~near
         inside &= ~tfs[box]
         labels[box][inside] = L.IAC_CSF
-        info["iac"] = {"length_mm": iac_len, "radius_mm": iac_r, "plate_mm": plate}
+        record = {"length_mm": iac_len, "radius_mm": iac_r, "plate_mm": plate}
     nerves = _nerves(rng, fundus, iac_dir, iac_len, iac_r)
-    nerve_protect = protect | ~np.isin(labels, (L.IAC_CSF, L.CISTERN_CSF))
+    nerve_protect = tfs | ~np.isin(labels, (L.IAC_CSF, L.CISTERN_CSF))
     paint(labels, nerves, grid, frame, protect=nerve_protect)
+    return record
 
-    # --- vessels: jugular bulb below the posterior canal, small random vessels ----------------
+
+def _paint_vessels(
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    grid: RoiGrid,
+    frame: FrameMap,
+    lm: dict,
+    protect: np.ndarray,
+) -> None:
+    """The jugular bulb below the posterior canal (60 %) and 1–5 small random vessels."""
     vessels: list[Tube] = []
     if rng.random() < 0.6:
         bulb = lm["posterior_canal_centre"] + np.array([0.0, 0.0, -rng.uniform(4.0, 7.0)])
@@ -216,8 +245,7 @@ def build_background(
         )
     for _ in range(rng.integers(1, 6)):
         vessels.append(_random_vessel(rng, grid, frame))
-    paint(labels, vessels, grid, frame, protect=protect | (labels == L.IAC_CSF))
-    return labels, info
+    paint(labels, vessels, grid, frame, protect=protect)
 
 
 def _iac_tubes(
