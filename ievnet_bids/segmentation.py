@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ievnet_bids.geometry.roi import RoiGrid
+from ievnet_bids.geometry.roi import ROI_SHAPE, ROI_SPACING_MM, RoiGrid
 from ievnet_bids.postprocess import CleanupParams
 from ievnet_bids.records import EarResult
 
@@ -52,11 +52,17 @@ def extract_ear(
     side: str,
     centre_mm: np.ndarray,
     head_axes: np.ndarray | None,
+    *,
+    shape: tuple[int, int, int] = ROI_SHAPE,
+    spacing_mm: float = ROI_SPACING_MM,
 ) -> EarRoi:
-    """The ROI of one ear, oriented along the head's axes, cubic-resampled from the slab."""
+    """The ROI of one ear (``shape`` voxels of ``spacing_mm``: the model card's), oriented
+    along the head's axes, cubic-resampled from the slab."""
     from ievnet_bids.geometry.extract import extract_roi, roi_grid_for
 
-    grid = roi_grid_for(np.asarray(centre_mm, dtype=float), head_axes)
+    grid = roi_grid_for(
+        np.asarray(centre_mm, dtype=float), head_axes, shape=shape, spacing_mm=spacing_mm
+    )
     return EarRoi(side, grid, extract_roi(slab_img, grid, order=3))
 
 
@@ -103,7 +109,12 @@ def segment_ears(
                 continue
             shift = float(np.linalg.norm(centre - ear.grid.centre_mm))
             if shift > RECENTRE_TOLERANCE_MM:
-                redo.append((i, extract_ear(slab_img, ear.side, centre, head_axes), shift))
+                # the same ROI size and spacing (the model card's), re-centred
+                again = extract_ear(
+                    slab_img, ear.side, centre, head_axes,
+                    shape=ear.grid.shape, spacing_mm=float(min(ear.grid.spacing)),
+                )  # fmt: skip
+                redo.append((i, again, shift))
         if redo:
             run([moved for _, moved, _ in redo])
             for i, moved, shift in redo:

@@ -245,3 +245,15 @@ def test_safetensors_checks_card_and_hash(tmp_path) -> None:
         load_model(path)
     with pytest.raises(ValueError, match=r"wrong shape|missing"):
         save_model(net, default_card(), tmp_path / "mismatch.safetensors")
+
+
+def test_card_for_weights_without_loading_them(tmp_path) -> None:
+    from ievnet_bids.model.card import card_for_weights
+
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(b"not read")
+    replace(default_card(), name="small-roi", roi_shape=(100, 80, 60)).to_json(
+        card_path_for(weights)
+    )
+    assert card_for_weights(weights).roi_shape == (100, 80, 60)
+    assert card_for_weights(tmp_path / "best_metric_model.pth") == default_card()

@@ -129,3 +129,12 @@ def test_head_rotation_from_permuted_flipped_affine():
     affine[:3, 2] = 0.7 * rot[:, 2]
     np.testing.assert_allclose(head_rotation_from_affine(affine), rot, atol=1e-9)
     assert np.linalg.det(orthonormal(np.diag([-1.0, 1.0, 1.0]))) == pytest.approx(1.0)
+
+
+def test_extract_ear_takes_the_roi_size_it_is_given():
+    from ievnet_bids.segmentation import extract_ear
+
+    slab, _ = _slab(rotation_deg=(0.0, 0.0, 0.0), centre=(0.0, 0.0, 0.0))
+    ear = extract_ear(slab, "left", np.zeros(3), None, shape=(50, 40, 30), spacing_mm=0.3)
+    assert ear.image.shape == ear.grid.shape == (50, 40, 30)
+    np.testing.assert_allclose(ear.grid.spacing, 0.3)

@@ -58,14 +58,16 @@ class _ExtractInputSpec(BaseInterfaceInputSpec):
     slab = File(exists=True, mandatory=True)
     centres = File(exists=True, mandatory=True)
     side = traits.Enum(*SIDES, mandatory=True)
+    model = File(exists=True, desc="model weights: the ROI shape and spacing of their card")
 
 
 class _ExtractOutputSpec(TraitedSpec):
-    roi = File(exists=True, desc="ROI image (200×150×100 at 0.2 mm) on its own oriented grid")
+    roi = File(exists=True, desc="ROI image (the card's, 200×150×100 at 0.2 mm) on its own grid")
 
 
 class ExtractEar(SimpleInterface):
-    """Cubic-resample one ear's ROI from the slab, oriented along the head's axes."""
+    """Cubic-resample one ear's ROI from the slab, oriented along the head's axes, with the
+    shape and spacing of the model's card (the published ROI without a model)."""
 
     input_spec = _ExtractInputSpec
     output_spec = _ExtractOutputSpec
@@ -74,12 +76,17 @@ class ExtractEar(SimpleInterface):
         import nibabel as nib
         import numpy as np
 
+        from ievnet_bids.model.card import card_for_weights, default_card
         from ievnet_bids.segmentation import extract_ear, save_ear
 
         loc = Localization.from_json(self.inputs.centres)
         side = self.inputs.side
         slab = nib.load(self.inputs.slab)
-        ear = extract_ear(slab, side, np.asarray(loc.refined[side]), np.asarray(loc.head_axes))
+        card = card_for_weights(self.inputs.model) if self.inputs.model else default_card()
+        ear = extract_ear(
+            slab, side, np.asarray(loc.refined[side]), np.asarray(loc.head_axes),
+            shape=card.roi_shape, spacing_mm=card.roi_spacing_mm,
+        )  # fmt: skip
         self._results["roi"] = str(save_ear(ear, Path(runtime.cwd))["image"])
         return runtime
 

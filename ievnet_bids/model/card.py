@@ -267,6 +267,16 @@ def default_card() -> ModelCard:
     )
 
 
+def card_for_weights(weights_path: str | os.PathLike[str]) -> ModelCard:
+    """The card that goes with ``weights_path`` without loading the weights: the
+    ``.model_card.json`` beside a ``.safetensors`` file, the published card for anything else
+    (the official ``.pth``); :func:`ievnet_bids.model.weights.load_model` checks the pair."""
+    path = Path(weights_path)
+    if path.suffix.lower() == ".safetensors":
+        return ModelCard.from_json(card_path_for(path))
+    return default_card()
+
+
 def card_path_for(weights_path: str | os.PathLike[str]) -> Path:
     """``dir/<stem>.model_card.json`` beside ``dir/<stem>.safetensors``."""
     weights_path = Path(weights_path)

@@ -107,7 +107,9 @@ def init_slab_wf(
         (report, ds_report, [("staged", "staged")]),
     ])  # fmt: skip
     for i, side in enumerate(SIDES, start=1):
-        extract = pe.Node(ExtractEar(side=side), name=f"extract_{side}", mem_gb=1.0)
+        extract = pe.Node(
+            ExtractEar(side=side, model=str(model)), name=f"extract_{side}", mem_gb=1.0
+        )
         map_back = pe.Node(MapBackEar(side=side), name=f"map_back_{side}", mem_gb=1.5)
         wf.connect([
             (inputnode, extract, [("slab", "slab")]),
