@@ -130,7 +130,7 @@ def smooth_field(
 
 @dataclass
 class RenderParams:
-    """Everything random about one rendering, drawn once (shared by the numpy and torch paths)."""
+    """Everything random about one rendering, drawn once."""
 
     contrast: str
     means: np.ndarray  # mean intensity per label value
@@ -162,12 +162,10 @@ def draw_render_params(
     spacing_mm: float = 0.2,
     acquired_mm: float | tuple[float, float, float] | None = None,
     snr: float | None = None,
-    draw_noise: bool = True,
     detail: bool = False,
 ) -> RenderParams:
-    """Draw a rendering for a label map of ``shape`` (``draw_noise=False`` for the torch path,
-    which draws its noise on the device; ``detail=True`` for the labels of phantoms v2, whose
-    intensities are drawn last so that v1 renderings are unchanged)."""
+    """Draw a rendering for a label map of ``shape`` (``detail=True`` for the labels of
+    phantoms v2, whose intensities are drawn last so that v1 renderings are unchanged)."""
     means = label_means(rng, contrast)
     cells = int(rng.integers(6, 14))
     texture_lattice = rng.normal(0.0, 1.0, size=tuple(max(2, min(cells, s)) for s in shape))
@@ -181,7 +179,7 @@ def draw_render_params(
     low_shape = tuple(max(4, round(s / f)) for s, f in zip(shape, factors, strict=True))
     snr = float(rng.uniform(12.0, 45.0)) if snr is None else float(snr)
     noise = None
-    if draw_noise and np.isfinite(snr):
+    if np.isfinite(snr):
         sd = float(np.median(means[list(L.TFS_LABELS)])) / snr
         noise = (
             rng.normal(0.0, sd, low_shape).astype(np.float32),
