@@ -29,7 +29,7 @@ def draw(volume: np.ndarray, prob: np.ndarray, mask: np.ndarray, title: str, out
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ievnet_bids.synth.preview import _surface_axes
+    from ievnet_bids.synth.preview import surface_axes
 
     vmax = np.percentile(volume, 99.7)
     views = [("axial", 2, z) for z in (30, 40, 50, 60, 70)]
@@ -54,7 +54,7 @@ def draw(volume: np.ndarray, prob: np.ndarray, mask: np.ndarray, title: str, out
         ax3 = fig.add_subplot(3, 5, 12 + j, projection="3d") if j < 4 else None
         if ax3 is None:
             break
-        _surface_axes(ax3, mask > 0, 0.2, f"3-D view {j + 1}")
+        surface_axes(ax3, mask > 0, 0.2, f"3-D view {j + 1}")
         ax3.view_init(elev=elev, azim=azim)
     fig.suptitle(title)
     fig.tight_layout()

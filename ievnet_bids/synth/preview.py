@@ -24,7 +24,8 @@ def _slices(
     return out
 
 
-def _surface_axes(ax, mask: np.ndarray, spacing: float, title: str) -> None:
+def surface_axes(ax, mask: np.ndarray, spacing: float, title: str) -> None:
+    """Draw ``mask``'s surface (marching cubes) on the 3-D matplotlib axes ``ax``."""
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
     from skimage.measure import marching_cubes
 
@@ -76,7 +77,7 @@ def draw_preview(
             ax.axis("off")
         ax3 = fig.add_subplot(rows, 6, row * 6 + 6, projection="3d")
         vol = tfs.sum() * np.prod(ph.grid.spacing)
-        _surface_axes(ax3, tfs, ph.grid.spacing[0], f"TFS {vol:.0f} mm³")
+        surface_axes(ax3, tfs, ph.grid.spacing[0], f"TFS {vol:.0f} mm³")
         row += 1
     for name, volume in real or []:
         centre = np.asarray(volume.shape) / 2
