@@ -267,7 +267,6 @@ def qc_checks(
     *,
     volume_mm3: float,
     component_volumes_mm3: Sequence[float] | None = None,
-    n_components: int | None = None,
     moved_mm: float = 0.0,
     touches_edge: bool = False,
     canal_loops: int | None = None,
@@ -275,8 +274,7 @@ def qc_checks(
 ) -> list[Flag]:
     """All flags of one ear; a check whose measurement is ``None`` is skipped.
 
-    ``component_volumes_mm3`` (preferred) ignores components under :data:`MIN_COMPONENT_MM3`;
-    ``n_components`` alone counts every component.
+    ``component_volumes_mm3``: components under :data:`MIN_COMPONENT_MM3` are not counted.
     """
     flags: list[Flag] = []
     lo, hi = EXPECTED_VOLUME_MM3
@@ -299,8 +297,6 @@ def qc_checks(
                     f"{len(big)} components ≥ {MIN_COMPONENT_MM3:g} mm³ ({listed} mm³)",
                 )
             )
-    elif n_components is not None and n_components > 1:
-        flags.append(Flag("multiple_components", f"{n_components} connected components"))
     if canal_loops is not None and volume_mm3 > 0 and canal_loops < EXPECTED_CANAL_LOOPS:
         flags.append(
             Flag(
