@@ -66,6 +66,7 @@ def direct_masks(samples: Path, grids: dict[str, RoiGrid], slab: nib.Nifti1Image
     from ievnet_bids.model.weights import load_model
     from ievnet_bids.postprocess import threshold_and_clean
     from ievnet_bids.resources import default_model_path
+    from ievnet_bids.segmentation import cleaned_probability
 
     model, card = load_model(default_model_path())
     seg = Segmenter(model, card, device="cpu", tta_flip=True)  # as the participant level
@@ -74,10 +75,13 @@ def direct_masks(samples: Path, grids: dict[str, RoiGrid], slab: nib.Nifti1Image
     for side, name in CROPS.items():
         crop = np.asanyarray(nib.load(samples / name).dataobj).astype(np.float32)
         prob = seg.predict_proba(crop)
-        keep, _ = threshold_and_clean(prob, 0.2)
-        prob = np.where(keep, prob, 0.0).astype(np.float32)
+        keep, _ = threshold_and_clean(prob, 0.2, card.threshold, params=card.cleanup)
+        prob = cleaned_probability(prob, keep, card.threshold)  # as the map-back does
         on_slab = resample(prob, grids[side].affine, slab_grid, order=1)
-        out[side] = {"mask": on_slab >= 0.5, "roi_volume_mm3": float(keep.sum()) * 0.008}
+        out[side] = {
+            "mask": on_slab >= card.threshold,
+            "roi_volume_mm3": float(keep.sum()) * 0.008,
+        }
     return out
 
 
@@ -142,7 +146,7 @@ def main() -> None:
             found = {r["side"]: r for r in csv.DictReader(fh, delimiter="\t")}
         masks = {}
         for side in CROPS:
-            path = next(anat.glob(f"*_label-TFS_desc-{side}_mask.nii.gz"))
+            path = next(anat.glob(f"*_space-orig_label-TFS_desc-{side}_mask.nii.gz"))
             masks[side] = np.asanyarray(nib.load(path).dataobj) > 0
             centre = np.array([float(found[side][f"centre_{a}_mm"]) for a in "xyz"])
             rows.append(
@@ -159,6 +163,9 @@ def main() -> None:
                     "centre_offset_from_crop_mm": round(
                         float(np.linalg.norm(centre - grids[side].centre_mm)), 2
                     ),
+                    "roi_volume_pipeline_mm3": found[side]["volume_mm3"],
+                    "n_components": found[side]["n_components"],
+                    "qc_flags": found[side]["qc_flags"],
                 }
             )
         pipeline_masks[localizer] = masks
