@@ -95,9 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ievnet_bids.checks import CheckError, check_model, check_units, check_writable_folder
 
         try:
+            check_model(config.model)  # first: a bad model leaves no folder behind
             check_writable_folder(config.output_dir, "output_dir")
             check_writable_folder(config.work_dir, "--work-dir")
-            check_model(config.model)
         except CheckError as err:
             LOG.error("%s", err)
             return ExitCode.USAGE
