@@ -57,7 +57,9 @@ def image_problem(path: str | os.PathLike[str]) -> str | None:
                 f"4-D image with {shape[3]} volumes: select one 3-D image with a BIDS filter "
                 "(--bids-filter-file) or split it into 3-D volumes"
             )
-        if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
+        if len(shape) == 4:
+            return "4-D image with 1 volume: save it as a 3-D image (e.g. nibabel squeeze_image)"
+        if len(shape) != 3:
             return f"{len(shape)}-D image of shape {shape}: a 3-D slab is needed"
         np.asanyarray(img.dataobj)  # read every byte once
         zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
@@ -84,7 +86,7 @@ def check_units(
     failed: dict[str, str] = {}
     for unit in units:
         files = [*unit.slabs, *([unit.head] if unit.head is not None else [])]
-        problems = [(f, image_problem(f)) for f in files]
+        problems = ((f, image_problem(f)) for f in files)  # stops at the first problem
         first = next(((f, p) for f, p in problems if p is not None), None)
         if first is None:
             usable.append(unit)

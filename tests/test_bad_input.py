@@ -203,3 +203,20 @@ def test_terminal_shows_stages_and_the_nipype_log_goes_to_a_file(bad_run):
     proc = ievnet_bids(bids, out, "participant", "-w", work, "--participant-label", "01", "-v")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[Node]" in proc.stdout + proc.stderr
+
+
+def test_image_problems_by_shape(tmp_path):
+    from ievnet_bids.checks import image_problem
+
+    expected = {
+        (50, 50, 50): None,
+        (50, 50, 50, 1): "4-D image with 1 volume: save it as a 3-D image",
+        (50, 50, 50, 3): "4-D image with 3 volumes",
+        (50, 50): "2-D image",
+        (50, 50, 10): "too small to hold an ear ROI",
+    }
+    for i, (shape, words) in enumerate(expected.items()):
+        path = tmp_path / f"x{i}.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), path)
+        problem = image_problem(path)
+        assert (problem is None) if words is None else (words in problem), (shape, problem)
