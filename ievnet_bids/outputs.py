@@ -140,9 +140,8 @@ def _stage_roi_outputs(
             base["Description"] = f"the slab resampled onto the {side} ear's ROI grid"
             base["SkullStripped"] = False
         sidecar = D.roi_sidecar(
-            slab, roi_affine=img.affine, roi_shape=data.shape, slab_affine=slab_img.affine,
-            base=base,
-        )  # fmt: skip
+            roi_affine=img.affine, roi_shape=data.shape, slab_affine=slab_img.affine, base=base
+        )
         out = nib.Nifti1Image(data, img.affine)
         out.header.set_xyzt_units("mm")
         staging.nifti(out, sidecar, **kind.entities(desc=side))

@@ -309,7 +309,6 @@ def mask_sidecar(
 
 
 def roi_sidecar(
-    source: str | Path,
     *,
     roi_affine: Any,
     roi_shape: Sequence[int],
@@ -332,9 +331,8 @@ def roi_sidecar(
         f"{base.get('Description', 'inner-ear total fluid space (TFS)')}, on the ear's "
         "0.2 mm ROI grid (the network's own grid)"
     )
-    # SpatialReference stays the slab's URI (BIDS wants a URI there); the ROI grid and its
-    # transform onto the slab are keys of their own
-    out["SpatialReference"] = base.get("SpatialReference", bids_uri_or_name(source))
+    # SpatialReference stays the slab's URI from ``base`` (BIDS wants a URI there); the ROI
+    # grid and its transform onto the slab are keys of their own
     out["ROIGrid"] = {
         "Shape": [int(n) for n in roi_shape],
         "VoxelSizeMM": [round(float(v), 6) for v in np.linalg.norm(roi[:3, :3], axis=0)],
@@ -342,14 +340,6 @@ def roi_sidecar(
     }
     out["RoiToSlabVoxelAffine"] = [[round(float(v), 6) for v in row] for row in to_slab]
     return out
-
-
-def bids_uri_or_name(source: str | Path) -> str:
-    """``source``'s BIDS URI, or its file name when it is not inside a BIDS dataset."""
-    try:
-        return bids_uri(source, dataset_root_of(source))
-    except (ValueError, OSError):
-        return Path(source).name
 
 
 # --------------------------------------------------------------------------- atomic writes
