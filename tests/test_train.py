@@ -199,3 +199,25 @@ def test_masked_loss_weights_bce_and_channels() -> None:
     other[1, 1] = 5.0
     torch.testing.assert_close(MaskedLoss("dicebce")(other, target, weight),
                                MaskedLoss("dicebce")(logits, target, weight))  # fmt: skip
+
+
+def test_lowres_augmentation_blurs_the_image_only() -> None:
+    """A 0.2 mm stripe pattern (period 2 voxels) averages away at coarser voxels; a slab of
+    ten voxels keeps its mean; the target is untouched; prob 0 is the identity."""
+    from ievnet_bids.train.data import intensity_transforms
+
+    image = np.zeros((1, 40, 30, 20), dtype=np.float32)
+    image[:, ::2] = 1.0  # finest possible detail along x
+    target = np.zeros((2, 40, 30, 20), dtype=np.float32)
+    target[0, 10:20] = 1.0
+    d = {"image": torch.from_numpy(image.copy()), "target": torch.from_numpy(target.copy())}
+    blur = intensity_transforms(lowres_prob=1.0)
+    blur.transforms = [t for t in blur.transforms if "LowResolution" in type(t).__name__]
+    blur.set_random_state(0)
+    out = blur(d)
+    got = np.asarray(out["image"])[0]
+    assert np.std(got[5:35]) < 0.5 * np.std(image[0, 5:35])
+    assert abs(float(got[5:35].mean()) - 0.5) < 0.05
+    np.testing.assert_array_equal(np.asarray(out["target"]), target)
+    names = [type(t).__name__ for t in intensity_transforms(lowres_prob=0.0).transforms]
+    assert not any("LowResolution" in n for n in names)

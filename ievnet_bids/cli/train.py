@@ -133,6 +133,14 @@ def _add_augmentation_options(p: argparse.ArgumentParser) -> None:
         help="affine + elastic deformation (prob 0.75); slow on CPU (~8 s per full ROI)",
     )
     a.add_argument(
+        "--lowres-prob",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of simulating coarser acquisition voxels (0.2-0.6 mm: area "
+        "average, then trilinear back to 0.2 mm), as a slab looks after ROI extraction",
+    )
+    a.add_argument(
         "--aug-on-device",
         type=_tristate,
         default=None,
@@ -215,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             crop=tuple(args.crop),
             pos_fraction=args.pos_fraction,
             elastic=args.elastic,
+            lowres_prob=args.lowres_prob,
             aug_on_device=args.aug_on_device,
             batch_size=args.batch_size,
             workers=args.workers,

@@ -46,6 +46,7 @@ from monai.transforms import (
     RandGaussianNoised,
     Randomizable,
     RandomizableTransform,
+    RandSimulateLowResolutiond,
     SpatialPadd,
 )
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -66,6 +67,9 @@ GAMMA = (0.3, 1.5)
 GAMMA_PROB = 0.9
 NOISE_PROB = 0.5
 FLIP_PROB = 0.5
+# Acquisition voxel size: the ROI is area-averaged to 0.2/zoom mm and trilinearly brought
+# back, as a 0.4–0.6 mm SPACE slab looks after the pipeline's upsampling to 0.2 mm.
+LOWRES_ZOOM = (0.33, 1.0)
 SPATIAL_PROB = 0.75
 ROTATE_RAD = 0.35  # 20°
 TRANSLATE_FRACTION = 0.15  # of the ROI size
@@ -248,15 +252,25 @@ def _plain(x: Any) -> torch.Tensor:
     return t.float().contiguous()
 
 
-def intensity_transforms() -> Compose:
-    """Gamma contrast, Gaussian noise, left-right flip (image on [0, 1] already)."""
-    return Compose(
-        [
-            RandAdjustContrastd("image", gamma=GAMMA, prob=GAMMA_PROB),
-            RandGaussianNoised("image", prob=NOISE_PROB),
-            RandFlipd(list(KEYS), spatial_axis=0, prob=FLIP_PROB),
-        ]
-    )
+def intensity_transforms(lowres_prob: float = 0.0) -> Compose:
+    """Gamma contrast, Gaussian noise, coarser acquisition voxels (``lowres_prob``),
+    left-right flip (image on [0, 1] already)."""
+    steps: list[Any] = [
+        RandAdjustContrastd("image", gamma=GAMMA, prob=GAMMA_PROB),
+        RandGaussianNoised("image", prob=NOISE_PROB),
+    ]
+    if lowres_prob > 0:
+        steps.append(
+            RandSimulateLowResolutiond(
+                "image",
+                prob=lowres_prob,
+                downsample_mode="area",
+                upsample_mode="trilinear",
+                zoom_range=LOWRES_ZOOM,
+            )
+        )
+    steps.append(RandFlipd(list(KEYS), spatial_axis=0, prob=FLIP_PROB))
+    return Compose(steps)
 
 
 class _TorchOffsetElastic(Rand3DElastic):
@@ -302,14 +316,19 @@ def spatial_transform(
     return t
 
 
-def augmentation_names(spatial: bool) -> list[str]:
+def augmentation_names(spatial: bool, lowres_prob: float = 0.0) -> list[str]:
     """Human-readable list of the augmentations (for the model card)."""
     names = [
         "minmax [0,1] of the full ROI",
         f"RandAdjustContrastd(gamma={GAMMA}, prob={GAMMA_PROB})",
         f"RandGaussianNoised(std=0.1, prob={NOISE_PROB})",
-        f"RandFlipd(spatial_axis=0, prob={FLIP_PROB})",
     ]
+    if lowres_prob > 0:
+        names.append(
+            f"RandSimulateLowResolutiond(area down, trilinear up, zoom={LOWRES_ZOOM}, "
+            f"prob={lowres_prob})"
+        )
+    names.append(f"RandFlipd(spatial_axis=0, prob={FLIP_PROB})")
     if spatial:
         names.append(
             f"Rand3DElasticd(prob={SPATIAL_PROB}, rotate={ROTATE_RAD} rad, translate="
@@ -385,6 +404,7 @@ class TrainStream(IterableDataset):
         roi_shape: Sequence[int] = ROI_SHAPE,
         reuse: float = 1.0,
         reservoir: int = 6,
+        lowres_prob: float = 0.0,
     ) -> None:
         super().__init__()
         weights = np.array([pool_weight, synthetic_weight, data_weight], dtype=float)
@@ -398,7 +418,7 @@ class TrainStream(IterableDataset):
         self.out_channels = int(out_channels)
         self.roi_shape = tuple(int(s) for s in roi_shape)
         pad = tuple(max(int(c), r) for c, r in zip(crop, self.roi_shape, strict=True))
-        self.pre = Compose([intensity_transforms(), SpatialPadd(list(KEYS), pad)])
+        self.pre = Compose([intensity_transforms(lowres_prob), SpatialPadd(list(KEYS), pad)])
         self.spatial = spatial
         self.seed = int(seed)
         self.start_step = int(start_step)

@@ -71,6 +71,7 @@ class TrainConfig:
     crop: tuple[int, int, int] = (96, 96, 64)
     pos_fraction: float = 2 / 3
     elastic: bool = False
+    lowres_prob: float = 0.0  # coarser acquisition voxels (0.2–0.6 mm), then upsampled
     aug_on_device: bool | None = None  # None: on the device when it is CUDA
     batch_size: int = 2
     workers: int = 0
@@ -117,6 +118,7 @@ class TrainConfig:
             f"crop {self.crop} must be multiples of {div} (the network's stride product)",
         )
         need(0.0 <= self.pos_fraction <= 1.0, "pos_fraction must be in [0, 1]")
+        need(0.0 <= self.lowres_prob <= 1.0, "lowres_prob must be in [0, 1]")
         need(self.batch_size >= 1, "batch_size must be >= 1")
         need(self.workers >= 0, "workers must be >= 0")
         need(self.steps >= 1, "steps must be >= 1")
@@ -435,7 +437,7 @@ class _Run:
         return {
             "data_sources": self.sources,
             "targets": ["tfs", "other_fluid"][: config.out_channels],
-            "augmentations": D.augmentation_names(config.elastic),
+            "augmentations": D.augmentation_names(config.elastic, config.lowres_prob),
             "loss": f"{config.loss} (MONAI DiceLoss sigmoid, per sample and channel)"
             + (f", BCE weight {config.bce_weight:g}" if config.loss == "dicebce" else ""),
             "optimizer": f"Adam lr={config.lr}",
@@ -602,6 +604,7 @@ def _make_loader(run: _Run, pairs: list[tuple[Path, Path]]) -> None:
             config.pool_refresh, config.batch_size, config.workers
         ),
         reuse=config.reuse,
+        lowres_prob=config.lowres_prob,
     )
     if run.aug_on_device:
         run.spatial.set_random_state(
