@@ -44,8 +44,9 @@ def autocast_setting(precision: str) -> bool | None:
 
 
 LOCALIZERS: tuple[str, ...] = ("auto", "template", "detect", "landmarks")
-ROLES: tuple[str, ...] = ("slab", "head")
-"""Image roles of ``--bids-filter-file``: the inner-ear slab (target) and the full head."""
+ROLES: tuple[str, ...] = ("slab", "head", "flair")
+"""Image roles of ``--bids-filter-file``: the inner-ear slab (target), the full head, and the
+delayed-gadolinium FLAIR (hydrops)."""
 DEFAULT_ACQ: tuple[str, ...] = ("space", "ciss", "spc", "drive", "fiesta", "3dspace", "t2space")
 """``acq-`` labels (case-insensitive) that mark a T2w image as a heavily T2-weighted slab."""
 TOML_NONE = "__none__"
@@ -74,8 +75,9 @@ class RunConfig:
     """Everything one ``ievnet-bids`` invocation needs; paths are absolute.
 
     Empty ``participant_labels``/``session_labels`` select all. ``bids_filters`` maps a role
-    (``"slab"``, ``"head"``) to pybids filters in JSON form (``None`` = entity must be absent,
-    ``"*"`` = any value); treat it as read-only. ``model=None`` means the shipped default.
+    (``"slab"``, ``"head"``, ``"flair"``) to pybids filters in JSON form (``None`` = entity
+    must be absent, ``"*"`` = any value); treat it as read-only. ``model=None`` means the
+    shipped default. ``hydrops``: quantify the ELS where a session has a FLAIR.
     """
 
     bids_dir: Path
@@ -91,6 +93,7 @@ class RunConfig:
     model: Path | None = None
     device: Device = "auto"
     tta: bool = True  # flip test-time augmentation
+    hydrops: bool = True  # ELS quantification where a session has a FLAIR
     precision: Precision = "auto"
     localizer: Localizer = "auto"
     landmarks_file: Path | None = None

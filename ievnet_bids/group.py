@@ -98,6 +98,22 @@ def _outlier_rows(frame: pd.DataFrame, output_dir: Path) -> tuple[list[dict[str,
     return rows, total
 
 
+def _els_evaluation(frame: pd.DataFrame) -> dict[str, Any] | None:
+    """ELS Dice and ELS% error against the reference masks (when any were evaluated)."""
+    if "els_dice" not in frame:
+        return None
+    dice = G.numeric(frame, "els_dice").dropna()
+    err = (G.numeric(frame, "els_percent") - G.numeric(frame, "els_percent_ref")).dropna()
+    return {
+        "n": int(dice.size),
+        "dice_mean": G.clean(dice.mean()),
+        "dice_min": G.clean(dice.min()),
+        "percent_mae": G.clean(err.abs().mean()),
+        "percent_bias": G.clean(err.mean()),
+        "n_percent": int(err.size),
+    }
+
+
 def write_group_outputs(config: RunConfig, frame: pd.DataFrame, seconds_read: float) -> Path:
     """``group_tfs.tsv``, the figures and ``group_tfs.html`` from the gathered rows."""
     from ievnet_bids.reports.html import render
@@ -165,6 +181,8 @@ def write_group_outputs(config: RunConfig, frame: pd.DataFrame, seconds_read: fl
         flag_counts=flag_counts,
         flag_help=Q.FLAG_HELP,
         evaluation=evaluation,
+        hydrops=G.hydrops_summary(frame),
+        els_evaluation=_els_evaluation(frame),
         metric_labels=G.METRIC_LABELS,
         tsv=GROUP_TSV,
         versions=versions(),
@@ -200,6 +218,8 @@ def run_group_level(config: RunConfig) -> dict[str, str]:
         if n_eval == 0:
             LOG.warning("group: no reference mask matched (names like %s)", G.mask_name(
                 frame.iloc[0].to_dict()))  # fmt: skip
+        if G.numeric(frame, "els_percent").notna().any():
+            frame = G.evaluate_els_rows(frame, out, config.reference_dir)
     html = write_group_outputs(config, frame, time.perf_counter() - t0)
     LOG.info("group: %s and %s written in %.1f s", out / GROUP_TSV, html, time.perf_counter() - t0)
     return failures

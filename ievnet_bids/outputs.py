@@ -11,18 +11,54 @@ then moves the whole set into the output dataset, so a failed subject leaves not
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 
+from ievnet_bids.atomic import write_text_atomic
 from ievnet_bids.bids import derivatives as D
 from ievnet_bids.geometry.extract import image_like
 from ievnet_bids.qc import flags_cell, significant_components
+from ievnet_bids.records import EarHydrops, HydropsRecord
 
 SIDES = ("left", "right")
 DSEG_VALUE = {"left": 1, "right": 2}
+HYDROPS_COLUMNS = (
+    "els_volume_mm3", "els_percent", "cochlea_volume_mm3", "vestibule_volume_mm3",
+    "canals_volume_mm3", "cochlea_els_percent", "vestibule_els_percent",
+)  # fmt: skip
+"""Volumes-table columns of the hydrops quantification (``n/a`` without a FLAIR)."""
+
+
+@dataclass(frozen=True)
+class HydropsOutputs:
+    """The hydrops node's files for one slab (per-ear lists: left, right)."""
+
+    record: HydropsRecord
+    flair: Path
+    roi_flairs: list[Path]
+    roi_els: list[Path]
+    roi_structures: list[Path]
+    slab_els: list[Path]
+    slab_structures: list[Path]
+    transforms: list[Path]
+
+
+def hydrops_columns(ear: EarHydrops) -> dict[str, float]:
+    """The volumes-table cells of one ear (:data:`HYDROPS_COLUMNS`)."""
+    parts = ear.structures
+    return {
+        "els_volume_mm3": ear.els_volume_mm3,
+        "els_percent": ear.els_percent,
+        "cochlea_volume_mm3": parts["cochlea"]["tfs_volume_mm3"],
+        "vestibule_volume_mm3": parts["vestibule"]["tfs_volume_mm3"],
+        "canals_volume_mm3": parts["canals"]["tfs_volume_mm3"],
+        "cochlea_els_percent": parts["cochlea"]["els_percent"],
+        "vestibule_els_percent": parts["vestibule"]["els_percent"],
+    }
 
 
 def stage_slab_outputs(
@@ -37,6 +73,7 @@ def stage_slab_outputs(
     head: Path | None = None,
     inference: dict[str, Any] | None = None,
     rois: dict[str, dict[str, Path]] | None = None,
+    hydrops: HydropsOutputs | None = None,
 ) -> tuple[dict[Path, Path], list[dict[str, Any]]]:
     """Write all derivatives of ``slab`` into ``stage_dir``.
 
@@ -44,7 +81,9 @@ def stage_slab_outputs(
     ``moved_mm`` and ``qc`` (the ear's QC record on the ROI grid); ``inference`` (e.g.
     ``ProbabilityThreshold``, ``FlipTTA``) goes into every sidecar. ``rois[side]`` (optional)
     holds the ROI-grid ``image``, ``prob`` and ``mask`` (the network's own 0.2 mm grid), staged
-    as ``space-ROI`` derivatives with their ROI-to-slab transform. Returns
+    as ``space-ROI`` derivatives with their ROI-to-slab transform. ``hydrops`` (sessions with
+    a FLAIR) adds the ELS masks, the structures, the FLAIR → T2w transforms, the FLAIR on the
+    ROI grids and the hydrops columns of the volumes table. Returns
     ``({staged: destination}, volume rows)``.
     """
     slab_img = nib.load(str(slab))
@@ -98,6 +137,9 @@ def stage_slab_outputs(
                 "model_sha256": model_sha256[:12],
             }
         )
+        if hydrops is not None:
+            rows[-1].update(hydrops_columns(hydrops.record.ears[side]))
+            _stage_hydrops_ear(staging, slab, slab_img, side, hydrops, common)
     staging.nifti(
         image_like(dseg, slab_img, np.uint8),
         D.segmentation_sidecar(
@@ -112,6 +154,11 @@ def stage_slab_outputs(
         ),
         **D.TFS_DSEG.entities(),
     )
+    if hydrops is not None:
+        provenance = {"model_name": model_name, "model_sha256": model_sha256,
+                      "localizer": localizer, "inference": inference,
+                      "extra_sources": (*extra, hydrops.flair)}  # fmt: skip
+        _stage_structures(staging, slab, slab_img, hydrops, provenance)
     staging.tsv(rows, **D.VOLUMES.entities())
     return staging.files, rows
 
@@ -145,3 +192,77 @@ def _stage_roi_outputs(
         out = nib.Nifti1Image(data, img.affine)
         out.header.set_xyzt_units("mm")
         staging.nifti(out, sidecar, **kind.entities(desc=side))
+
+
+def _els_description(ear: EarHydrops) -> dict[str, Any]:
+    method = ear.method
+    return {
+        "Description": f"endolymphatic space (ELS) inside the TFS, {ear.side} ear, from the "
+        "delayed-gadolinium FLAIR registered to the slab (ievnet_bids.hydrops.els)",
+        "ELSMethod": method,
+        "ELSPercent": ear.els_percent,
+        "FLAIRRegistration": {k: v for k, v in ear.registration.items() if k != "space_to_flair"},
+    }
+
+
+def _stage_hydrops_ear(
+    staging: D.Staging,
+    slab: Path,
+    slab_img: Any,
+    side: str,
+    hydrops: HydropsOutputs,
+    common: dict[str, Any],
+) -> None:
+    """Stage one ear's ELS masks (slab and ROI grid), ROI structures, ROI FLAIR, transform."""
+    i = SIDES.index(side)
+    ear = hydrops.record.ears[side]
+    common = {**common, "extra_sources": (*common["extra_sources"], hydrops.flair)}
+    sidecar = {**D.mask_sidecar(slab, **common), **_els_description(ear)}
+    els = np.asanyarray(nib.load(str(hydrops.slab_els[i])).dataobj).astype(np.uint8)
+    staging.nifti(image_like(els, slab_img, np.uint8), sidecar, **D.ELS_MASK.entities(desc=side))
+    roi_kinds = (
+        (hydrops.roi_els[i], D.ROI_ELS_MASK, np.uint8, sidecar),
+        (hydrops.roi_structures[i], D.ROI_STRUCTURES_DSEG, np.uint8, _structures_sidecar(
+            slab, common, f"cochlea, vestibule and canals of the {side} ear")),
+        (hydrops.roi_flairs[i], D.ROI_FLAIR, np.float32, {
+            "Description": f"the FLAIR registered onto the {side} ear's ROI grid",
+            "Sources": D.segmentation_sidecar(slab, **common)["Sources"],
+            "SkullStripped": False}),
+    )  # fmt: skip
+    for path, kind, dtype, base in roi_kinds:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj).astype(dtype)
+        if kind is D.ROI_STRUCTURES_DSEG and side == "right":
+            data = np.where(data > 0, data + 3, 0).astype(np.uint8)  # the table's right labels
+        out = nib.Nifti1Image(data, img.affine)
+        out.header.set_xyzt_units("mm")
+        side_car = D.roi_sidecar(
+            roi_affine=img.affine, roi_shape=data.shape, slab_affine=slab_img.affine, base=base
+        )
+        staging.nifti(out, side_car, **kind.entities(desc=side))
+    staged, dest = staging.paths(**D.FLAIR_XFM.entities(desc=side))
+    write_text_atomic(Path(hydrops.transforms[i]).read_text(), staged)
+    staging.add(staged, dest)
+
+
+def _structures_sidecar(slab: Path, common: dict[str, Any], what: str) -> dict[str, Any]:
+    """A segmentation sidecar describing structure labels (``desc-structures_dseg.tsv``)."""
+    base = D.segmentation_sidecar(slab, **{**common, "side": None, "centre_mm": None})
+    base["Description"] = f"{what}, from a registered labelled labyrinth template (inside the TFS)"
+    return base
+
+
+def _stage_structures(
+    staging: D.Staging,
+    slab: Path,
+    slab_img: Any,
+    hydrops: HydropsOutputs,
+    provenance: dict[str, Any],
+) -> None:
+    """Stage the slab-grid structure labels of both ears (``desc-structures_dseg``)."""
+    dseg = np.zeros(slab_img.shape[:3], np.uint8)
+    for i in range(len(SIDES)):
+        labels = np.asanyarray(nib.load(str(hydrops.slab_structures[i])).dataobj).astype(np.uint8)
+        dseg = np.where(labels > 0, labels + 3 * i, dseg).astype(np.uint8)
+    sidecar = _structures_sidecar(slab, provenance, "cochlea, vestibule and canals of both ears")
+    staging.nifti(image_like(dseg, slab_img, np.uint8), sidecar, **D.STRUCTURES_DSEG.entities())

@@ -3,7 +3,9 @@
 * :class:`Localization` (``centres.json``, written by the localize node): both ear centres of
   one slab in world mm, the head axes, and how they were found;
 * :class:`SegmentRecord` (``segment.json``, written by the segment node): the model, the
-  inference settings and one :class:`EarResult` per ear.
+  inference settings and one :class:`EarResult` per ear;
+* :class:`HydropsRecord` (``hydrops.json``, written by the hydrops node where a session has a
+  FLAIR): one :class:`EarHydrops` per ear.
 
 Nodes read these records through ``from_json`` instead of indexing dictionaries by key, and
 the total move of each ear's centre (refinement + re-centring) is computed once, here.
@@ -88,6 +90,47 @@ class EarResult:
     def centre_mm(self) -> list[float]:
         """The labyrinth's centre, or the ROI's when no labyrinth was found."""
         return self.labyrinth_centre_mm or self.roi_centre_mm
+
+
+@dataclass(frozen=True)
+class EarHydrops:
+    """The numbers of one ear (volumes in mm³ on the ROI grid; ELS% = 100 × ELS / TFS).
+
+    ``structures[name]`` holds ``tfs_volume_mm3``, ``els_volume_mm3`` and ``els_percent`` of
+    cochlea, vestibule and canals; ``registration`` the FLAIR → SPACE summary and its 4×4
+    ``space_to_flair`` (RAS mm); ``template_dice`` the fit of the structure template.
+    """
+
+    side: str
+    tfs_volume_mm3: float
+    els_volume_mm3: float
+    els_percent: float
+    structures: dict[str, dict[str, float]]
+    registration: dict[str, Any]
+    template_dice: float
+    flair_voxel_mm: float
+    perilymph_level: float
+    dark_level: float
+    method: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HydropsRecord:
+    """The hydrops node's record (``hydrops.json``): the FLAIR used and both ears."""
+
+    flair: str
+    ears: dict[str, EarHydrops]
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """JSON text; also written (atomically) to ``path`` when given."""
+        return _write(asdict(self), path)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str]) -> HydropsRecord:
+        """Read a record written by :meth:`to_json`."""
+        data = _known(cls, json.loads(Path(path).read_text()))
+        ears = {side: EarHydrops(**_known(EarHydrops, ear)) for side, ear in data["ears"].items()}
+        return cls(**{**data, "ears": ears})
 
 
 @dataclass(frozen=True)

@@ -38,15 +38,26 @@ PIPELINE_AUTHOR = "ievnet-bids (automated inner-ear segmentation)"
 ENTITY_ORDER: tuple[str, ...] = (
     "sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain",
     "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space",
-    "split", "recording", "chunk", "seg", "res", "den", "label", "desc",
+    "split", "recording", "chunk", "seg", "res", "den", "label", "from", "to", "mode", "desc",
 )  # fmt: skip
-"""BIDS entity order (BIDS 1.10 entity table)."""
-DERIVATIVE_ENTITIES = frozenset({"space", "res", "den", "label", "desc"})
+"""BIDS entity order (BIDS 1.10 entity table; ``from``/``to``/``mode`` of transforms placed as
+fMRIPrep places them: ``..._from-FLAIR_to-T2w_mode-image_desc-left_xfm.txt``)."""
+DERIVATIVE_ENTITIES = frozenset({"space", "res", "den", "label", "from", "to", "mode", "desc"})
+_KIND_ENTITIES = ("space", "label", "from", "to", "mode", "desc")
 """Entities of a source that are not carried over to its derivatives."""
 DSEG_LABELS: tuple[tuple[int, str, str], ...] = (
     (0, "background", "BG"),
     (1, "left inner-ear total fluid space", "TFSL"),
     (2, "right inner-ear total fluid space", "TFSR"),
+)
+STRUCTURE_DSEG_LABELS: tuple[tuple[int, str, str], ...] = (
+    (0, "background", "BG"),
+    (1, "left cochlea", "COCHL"),
+    (2, "left vestibule", "VESTL"),
+    (3, "left semicircular canals", "SCCL"),
+    (4, "right cochlea", "COCHR"),
+    (5, "right vestibule", "VESTR"),
+    (6, "right semicircular canals", "SCCR"),
 )
 BIDSIGNORE = (
     "*.html",
@@ -57,6 +68,7 @@ BIDSIGNORE = (
     "*_volumes.tsv",
     "*_qc.json",
     "group_*.tsv",
+    "*_xfm.txt",
 )
 _VALUE_RE = re.compile(r"^[a-zA-Z0-9]+$")
 
@@ -105,28 +117,37 @@ class Kind:
     label: str | None = None
     desc: str | None = None
     datatype: str = "anat"
+    transform: tuple[str, str] | None = None  # (from, to) of an image transform (mode-image)
 
     def entities(self, **override: Any) -> dict[str, Any]:
         """Keyword arguments of :func:`derivative_path` (``override`` e.g. ``desc=side``)."""
         return {**asdict(self), **override}
 
+    def _tags(self, **override: Any) -> dict[str, str | None]:
+        ent = self.entities(**override)
+        pair = ent["transform"]
+        return {
+            "space": ent["space"],
+            "label": ent["label"],
+            "from": pair[0] if pair else None,
+            "to": pair[1] if pair else None,
+            "mode": "image" if pair else None,
+            "desc": ent["desc"],
+        }
+
     def pattern(self, **override: Any) -> str:
         """Glob pattern of the file names (``*`` standing for the source entities)."""
-        ent = self.entities(**override)
-        tags = "".join(f"_{k}-{ent[k]}" for k in ("space", "label", "desc") if ent[k] is not None)
+        tags = "".join(f"_{k}-{v}" for k, v in self._tags(**override).items() if v is not None)
         return f"*{tags}_{self.suffix}{self.extension}"
 
     def matches(self, path: str | Path, **override: Any) -> bool:
         """Whether ``path``'s name is of this kind (with ``override``), any source entities."""
-        want = self.entities(**override)
         try:
             entities, suffix, ext = parse_bids_name(path)
         except ValueError:
             return False
-        found = {k: entities.get(k) for k in ("space", "label", "desc")}
-        return (suffix, ext) == (want["suffix"], want["extension"]) and found == {
-            k: want[k] for k in found
-        }
+        found = {k: entities.get(k) for k in _KIND_ENTITIES}
+        return (suffix, ext) == (self.suffix, self.extension) and found == self._tags(**override)
 
 
 TFS_MASK = Kind("mask", ".nii.gz", label="TFS")
@@ -147,6 +168,19 @@ ROI_MASK = Kind("mask", ".nii.gz", space=ROI_SPACE, label="TFS")
 """``<source>_space-ROI_label-TFS_desc-<side>_mask.nii.gz``"""
 ROI_PROBSEG = Kind("probseg", ".nii.gz", space=ROI_SPACE, label="TFS")
 """``<source>_space-ROI_label-TFS_desc-<side>_probseg.nii.gz``"""
+# hydrops (sessions with a FLAIR)
+ELS_MASK = Kind("mask", ".nii.gz", label="ELS")
+"""``<source>_space-orig_label-ELS_desc-<side>_mask.nii.gz``: endolymphatic space, ⊂ TFS"""
+ROI_ELS_MASK = Kind("mask", ".nii.gz", space=ROI_SPACE, label="ELS")
+"""``<source>_space-ROI_label-ELS_desc-<side>_mask.nii.gz``"""
+STRUCTURES_DSEG = Kind("dseg", ".nii.gz", desc="structures")
+"""``<source>_space-orig_desc-structures_dseg.nii.gz``: cochlea, vestibule, canals per ear"""
+ROI_STRUCTURES_DSEG = Kind("dseg", ".nii.gz", space=ROI_SPACE)
+"""``<source>_space-ROI_desc-<side>_dseg.nii.gz``: the structures on the ear's ROI grid"""
+ROI_FLAIR = Kind("FLAIR", ".nii.gz", space=ROI_SPACE)
+"""``<source>_space-ROI_desc-<side>_FLAIR.nii.gz``: the FLAIR registered onto the ROI grid"""
+FLAIR_XFM = Kind("xfm", ".txt", space=None, transform=("FLAIR", "T2w"))
+"""``<source>_from-FLAIR_to-T2w_mode-image_desc-<side>_xfm.txt``: ITK rigid transform"""
 
 
 def find_derivatives(
@@ -197,14 +231,19 @@ def derivative_path(
     suffix: str,
     extension: str,
     datatype: str = "anat",
+    transform: tuple[str, str] | None = None,
 ) -> Path:
     """Path of a derivative of ``source`` under ``output_dir``.
 
-    ``extension`` with or without the dot; ``space=None`` leaves ``space`` out.
+    ``extension`` with or without the dot; ``space=None`` leaves ``space`` out;
+    ``transform=(A, B)`` adds ``from-A_to-B_mode-image``.
     ``datatype="figures"`` puts the file in ``sub-<label>/figures/`` (no session folder).
     """
     ent = source_entities(source)
-    for key, value in (("space", space), ("label", label), ("desc", desc)):
+    pair = transform or (None, None)
+    tags = (("space", space), ("label", label), ("from", pair[0]), ("to", pair[1]),
+            ("mode", "image" if transform else None), ("desc", desc))  # fmt: skip
+    for key, value in tags:
         if value is not None:
             if not _VALUE_RE.match(value):
                 raise ValueError(f"{key} must be alphanumeric, not {value!r}")
@@ -485,22 +524,37 @@ def _write_if_changed(text: str, path: Path) -> Path:
     return write_text_atomic(text, path)
 
 
+def _write_label_table(
+    path: Path, labels: Sequence[tuple[int, str, str]], sidecar: Mapping[str, Any]
+) -> Path:
+    text = "index\tname\tabbreviation\n" + "".join(f"{i}\t{n}\t{a}\n" for i, n, a in labels)
+    _write_if_changed(json.dumps(sidecar, indent=2) + "\n", path.with_suffix(".json"))
+    return _write_if_changed(text, path)
+
+
 def write_dseg_tsv(output_dir: str | Path) -> Path:
     """``output_dir/desc-tfs_dseg.tsv`` (the label table of the ``dseg`` images) and its
     ``.json`` sidecar."""
-    path = Path(output_dir) / "desc-tfs_dseg.tsv"
-    rows = [{"index": i, "name": n, "abbreviation": a} for i, n, a in DSEG_LABELS]
-    text = "index\tname\tabbreviation\n" + "".join(
-        f"{r['index']}\t{r['name']}\t{r['abbreviation']}\n" for r in rows
-    )
     sidecar = {
         "Description": "Labels of the *_dseg.nii.gz images: left and right inner-ear total "
         "fluid space (TFS)",
         "SpatialReference": "orig: each dseg image lies on the grid of its source slab, named "
         "in its own sidecar",
     }
-    _write_if_changed(json.dumps(sidecar, indent=2) + "\n", path.with_suffix(".json"))
-    return _write_if_changed(text, path)
+    return _write_label_table(Path(output_dir) / "desc-tfs_dseg.tsv", DSEG_LABELS, sidecar)
+
+
+def write_structures_dseg_tsv(output_dir: str | Path) -> Path:
+    """``output_dir/desc-structures_dseg.tsv``: labels of the structure ``dseg`` images
+    (hydrops outputs: ``*_desc-structures_dseg`` and ``*_space-ROI_desc-<side>_dseg``)."""
+    sidecar = {
+        "Description": "Labels of the inner-ear structure dseg images (sessions with a FLAIR): "
+        "cochlea, vestibule and semicircular canals of each ear, inside its TFS mask",
+        "SpatialReference": "each image lies on the grid named in its own sidecar (the source "
+        "slab, or the ear's 0.2 mm ROI grid)",
+    }
+    path = Path(output_dir) / "desc-structures_dseg.tsv"
+    return _write_label_table(path, STRUCTURE_DSEG_LABELS, sidecar)
 
 
 README_TEXT = """\

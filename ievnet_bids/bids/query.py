@@ -63,12 +63,14 @@ class LandmarksError(ValueError):
 
 @dataclass(frozen=True)
 class SubjectInputs:
-    """Inputs of one participant (and session): ``slabs=()`` when it has no slab."""
+    """Inputs of one participant (and session): ``slabs=()`` when it has no slab; ``flair``:
+    the session's delayed-gadolinium FLAIR (hydrops), if any."""
 
     subject: str
     session: str | None
     slabs: tuple[Path, ...]
     head: Path | None
+    flair: Path | None = None
 
     @property
     def name(self) -> str:
@@ -317,6 +319,8 @@ def collect_inputs(config: RunConfig, layout: BIDSLayout | None = None) -> list[
             rank = 0
         heads[ent["subject"]].append((ent.get("session"), rank, Path(f.path)))
 
+    flairs = _flairs(layout, config, selection) if config.hydrops else {}
+
     # participant/session units; "natural" slabs ignore the filter file
     anat_sessions: dict[str, set[str | None]] = defaultdict(set)
     natural: set[str] = set()
@@ -341,9 +345,37 @@ def collect_inputs(config: RunConfig, layout: BIDSLayout | None = None) -> list[
             LOG.warning("sub-%s: no slab image (T2w with acq-<%s>)", sub, acq_text)
         for ses in units:
             head = _pick_head(heads[sub], ses)
-            out.append(SubjectInputs(sub, ses, tuple(sorted(slabs.get((sub, ses), ()))), head))
+            unit_slabs = tuple(sorted(slabs.get((sub, ses), ())))
+            out.append(SubjectInputs(sub, ses, unit_slabs, head, flairs.get((sub, ses))))
             LOG.debug("%s", out[-1])
     return out
+
+
+def _flairs(
+    layout: BIDSLayout, config: RunConfig, selection: Mapping[str, Any]
+) -> dict[tuple[str, str | None], Path]:
+    """The FLAIR of each participant/session (same session as the slab only: the head is
+    re-positioned between sessions). Several: those with a ``ce-`` entity first (contrast
+    enhanced), then by name; a warning says which was taken (``flair`` filter to choose)."""
+    flt = config.filters_for("flair")
+    query = {"datatype": "anat", "suffix": "FLAIR", "extension": NIFTI_EXTENSIONS}
+    query |= _pybids_filters(flt) | dict(selection)
+    found: dict[tuple[str, str | None], list[Any]] = defaultdict(list)
+    for f in layout.get(**query):
+        found[(f.entities["subject"], f.entities.get("session"))].append(f)
+    picked = {}
+    for key, files in found.items():
+        files.sort(key=lambda f: ("ceagent" not in f.entities, f.path))
+        picked[key] = Path(files[0].path)
+        if len(files) > 1:
+            LOG.warning(
+                'sub-%s%s: %d FLAIR images, using %s (choose with a "flair" filter)',
+                key[0],
+                f"_ses-{key[1]}" if key[1] else "",
+                len(files),
+                picked[key].name,
+            )
+    return picked
 
 
 def _session_key(ses: str | None) -> tuple[int, str]:

@@ -134,8 +134,8 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
         "--bids_filter_file",
         type=Path,
         metavar="FILE",
-        help='JSON pybids filters per image role: {"slab": {...}, "head": {...}} '
-        '(null = entity absent, "*" = any value)',
+        help='JSON pybids filters per image role: {"slab": {...}, "head": {...}, '
+        '"flair": {...}} (null = entity absent, "*" = any value)',
     )
     g.add_argument(
         "--acq",
@@ -180,6 +180,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="flip test-time augmentation, on by default: average each ear's prediction with "
         "that of its left-right mirror (twice the network time, ~0.5 s per ear on 2 CPU "
         "cores); --no-tta for the plain prediction",
+    )
+    g.add_argument(
+        "--hydrops",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="endolymphatic hydrops, on by default: where a session has a FLAIR (iMRI), "
+        "register it to the slab per ear, find the ELS inside the TFS and report ELS%% for "
+        "the ear, cochlea and vestibule; --no-hydrops skips it",
     )
     g.add_argument(
         "--localizer",
@@ -349,6 +357,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
         model=model,
         device=ns.device,
         tta=ns.tta,
+        hydrops=ns.hydrops,
         precision=ns.precision,
         localizer=ns.localizer,
         landmarks_file=landmarks,

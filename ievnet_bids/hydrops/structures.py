@@ -3,7 +3,7 @@
 The template is a procedural right labyrinth (``ievnet_bids/data/labyrinth``: structure
 labels on a 0.2 mm grid, built by :func:`build_template` from the phantom generator's
 anatomy). Its TFS is registered to the ear's TFS (affine, then SyN; mean squares of the two
-Gaussian-smoothed masks at 0.4 mm; a left ear takes the template's mirror image), its
+Gaussian-smoothed masks at 0.6 mm; a left ear takes the template's mirror image), its
 labels are carried over with nearest-neighbour interpolation, and every TFS voxel then takes
 the label of the nearest carried-over voxel, so the structures tile the TFS exactly.
 """
@@ -24,8 +24,9 @@ from ievnet_bids.localize.register import itk_single_threaded, to_ants
 STRUCTURE_LABELS: dict[int, str] = {1: "cochlea", 2: "vestibule", 3: "canals"}
 TEMPLATE_NAME = "labyrinth_res-0p2_dseg.nii.gz"
 TEMPLATE_SEED = 26  # the closest of seeds 0-59 to the mean cochlea and vestibule sizes
-WORK_SPACING_MM = 0.4
+WORK_SPACING_MM = 0.6
 SMOOTH_MM = 0.3
+SYN_ITERATIONS = (60, 30, 10)
 
 
 def template_path() -> Path:
@@ -132,7 +133,7 @@ def label_structures(
         aff_iterations=(200, 100, 50),
         aff_shrink_factors=(4, 2, 1),
         aff_smoothing_sigmas=(2, 1, 0),
-        reg_iterations=(60, 30, 10),
+        reg_iterations=SYN_ITERATIONS,
         grad_step=0.25,
         random_seed=seed,
     )

@@ -28,6 +28,14 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     roi_images = traits.List(File(exists=True), desc="ROI-grid images, left then right")
     roi_probs = traits.List(File(exists=True), desc="ROI-grid probabilities, left then right")
     roi_masks = traits.List(File(exists=True), desc="ROI-grid masks, left then right")
+    flair = File(exists=True, desc="the session's FLAIR (hydrops inputs below given too)")
+    hydrops_record = File(exists=True, desc="hydrops.json of the hydrops node")
+    roi_flairs = traits.List(File(exists=True), desc="FLAIR on the ROI grids, L then R")
+    roi_els = traits.List(File(exists=True), desc="ELS on the ROI grids, L then R")
+    roi_structures = traits.List(File(exists=True), desc="structures on the ROI grids")
+    slab_els = traits.List(File(exists=True), desc="ELS on the slab grid, L then R")
+    slab_structures = traits.List(File(exists=True), desc="structures on the slab grid")
+    transforms = traits.List(File(exists=True), desc="ITK from-FLAIR_to-T2w, L then R")
     output_dir = Directory(mandatory=True)
 
 
@@ -38,7 +46,8 @@ class _SinkOutputSpec(TraitedSpec):
 
 class SlabDerivativesSink(SimpleInterface):
     """Write masks, probsegs, dseg (+ sidecars), the ROI-grid image, probseg and mask of each
-    ear, and the volumes table of one slab.
+    ear, and the volumes table of one slab; with the hydrops inputs also the ELS, structure
+    and FLAIR outputs.
 
     Always runs (cheap): a rerun re-publishes and skips byte-identical files.
     """
@@ -48,8 +57,9 @@ class SlabDerivativesSink(SimpleInterface):
     always_run = True
 
     def _run_interface(self, runtime):
-        from ievnet_bids.bids.derivatives import publish
-        from ievnet_bids.outputs import stage_slab_outputs
+        from ievnet_bids.bids.derivatives import publish, write_structures_dseg_tsv
+        from ievnet_bids.outputs import HydropsOutputs, stage_slab_outputs
+        from ievnet_bids.records import HydropsRecord
 
         loc = Localization.from_json(self.inputs.centres)
         seg = SegmentRecord.from_json(self.inputs.segment_record)
@@ -72,6 +82,16 @@ class SlabDerivativesSink(SimpleInterface):
                 }
                 for i, side in enumerate(("left", "right"))
             }
+        hydrops = None
+        if self.inputs.hydrops_record:
+            lists = ("roi_flairs", "roi_els", "roi_structures", "slab_els", "slab_structures",
+                     "transforms")  # fmt: skip
+            hydrops = HydropsOutputs(
+                record=HydropsRecord.from_json(self.inputs.hydrops_record),
+                flair=Path(self.inputs.flair),
+                **{k: [Path(f) for f in getattr(self.inputs, k)] for k in lists},
+            )
+            write_structures_dseg_tsv(self.inputs.output_dir)
         staged, _ = stage_slab_outputs(
             Path(self.inputs.slab),
             ears,
@@ -83,6 +103,7 @@ class SlabDerivativesSink(SimpleInterface):
             head=Path(self.inputs.head) if self.inputs.head else None,
             inference=seg.inference,
             rois=rois,
+            hydrops=hydrops,
         )
         publish(staged)
         self._results["out_files"] = [str(d) for d in staged.values()]

@@ -14,7 +14,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ievnet_bids.records import Localization, SegmentRecord
+from ievnet_bids.records import HydropsRecord, Localization, SegmentRecord
 
 
 class _ReportSlabInputSpec(BaseInterfaceInputSpec):
@@ -27,6 +27,9 @@ class _ReportSlabInputSpec(BaseInterfaceInputSpec):
     left_mask = File(exists=True, mandatory=True, desc="native-grid mask, left ear")
     right_mask = File(exists=True, mandatory=True, desc="native-grid mask, right ear")
     volumes = File(exists=True, desc="published volumes table (orders this node after it)")
+    hydrops_record = File(exists=True, desc="hydrops.json (sessions with a FLAIR)")
+    roi_flairs = traits.List(File(exists=True), desc="FLAIR on the ROI grids (L, R)")
+    roi_els = traits.List(File(exists=True), desc="ELS on the ROI grids (L, R)")
     output_dir = Directory(mandatory=True)
 
 
@@ -45,6 +48,13 @@ class ReportSlab(SimpleInterface):
         from ievnet_bids.reports.participant import stage_slab_report
 
         inputs = self.inputs
+        hydrops = None
+        if inputs.hydrops_record:
+            hydrops = (
+                HydropsRecord.from_json(inputs.hydrops_record),
+                [Path(p) for p in inputs.roi_flairs],
+                [Path(p) for p in inputs.roi_els],
+            )
         staged, qc_path = stage_slab_report(
             slab=Path(inputs.slab),
             head=Path(inputs.head) if inputs.head else None,
@@ -55,6 +65,7 @@ class ReportSlab(SimpleInterface):
             native_masks={"left": Path(inputs.left_mask), "right": Path(inputs.right_mask)},
             stage_dir=Path(runtime.cwd) / "staged",
             output_dir=Path(inputs.output_dir),
+            hydrops=hydrops,
         )
         out = Path(runtime.cwd) / "staged.json"
         out.write_text(json.dumps({str(k): str(v) for k, v in staged.items()}, indent=2))

@@ -39,6 +39,7 @@ MOSAIC_ROWS, MOSAIC_COLS = 2, 4
 DPI = 80
 MARGIN_MM = 1.5
 CONTOUR_COLOUR = "#00e5ff"
+OVERLAY_COLOUR = "#ff3cf0"
 
 
 @dataclass
@@ -50,6 +51,7 @@ class EarData:
     mask: np.ndarray
     prob: np.ndarray | None = None
     spacing: tuple[float, float, float] = (0.2, 0.2, 0.2)
+    overlay: np.ndarray | None = None  # a second mask, contoured in OVERLAY_COLOUR (the ELS)
 
     def display(self) -> EarData:
         """This ear in the display frame (the right ear mirrored left-right)."""
@@ -59,7 +61,14 @@ class EarData:
         def flip(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else np.ascontiguousarray(a[::-1])
 
-        return EarData(self.side, flip(self.image), flip(self.mask), flip(self.prob), self.spacing)
+        return EarData(
+            self.side,
+            flip(self.image),
+            flip(self.mask),
+            flip(self.prob),
+            self.spacing,
+            flip(self.overlay),
+        )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -120,10 +129,13 @@ def _slice_positions(ear: EarData, axis: int, n: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------- mosaics
-def mosaic_figure(ears: Mapping[str, EarData], view: str, out: str | Path) -> Path:
+def mosaic_figure(
+    ears: Mapping[str, EarData], view: str, out: str | Path, heading: str | None = None
+) -> Path:
     """Slices of one ``view`` through both ears: left block | right block (mirrored).
 
-    Image in grey, the probability as a translucent overlay, the mask contour in cyan.
+    Image in grey, the probability as a translucent overlay, the mask contour in cyan, the
+    ``overlay`` mask's (if any) in magenta.
     """
     plt = _plt()
     axis = VIEW_AXIS[view]
@@ -178,13 +190,13 @@ def mosaic_figure(ears: Mapping[str, EarData], view: str, out: str | Path) -> Pa
                     extent=extent,
                     interpolation="nearest",
                 )
-            m = ear.mask[tuple(sel)].T > 0
-            if m.any() and not m.all():
-                xs = np.linspace(extent[0], extent[1], m.shape[1])
-                ys = np.linspace(extent[2], extent[3], m.shape[0])
-                ax.contour(
-                    xs, ys, m.astype(float), levels=[0.5], colors=CONTOUR_COLOUR, linewidths=0.8
-                )
+            for layer, colour in ((ear.mask, CONTOUR_COLOUR), (ear.overlay, OVERLAY_COLOUR)):
+                m = layer[tuple(sel)].T > 0 if layer is not None else None
+                if m is not None and m.any() and not m.all():
+                    xs = np.linspace(extent[0], extent[1], m.shape[1])
+                    ys = np.linspace(extent[2], extent[3], m.shape[0])
+                    ax.contour(xs, ys, m.astype(float), levels=[0.5], colors=colour,
+                               linewidths=0.8)  # fmt: skip
             mm = (pos - centre[axis]) * sp[axis]
             ax.text(
                 0.03,
@@ -202,7 +214,7 @@ def mosaic_figure(ears: Mapping[str, EarData], view: str, out: str | Path) -> Pa
             if k == 0:
                 ax.set_title(title, loc="left", fontsize=9, color=SIDE_COLOURS[side])
     fig.suptitle(
-        f"{view.capitalize()} slices (horizontal: {h_label}; vertical: {v_label})",
+        heading or f"{view.capitalize()} slices (horizontal: {h_label}; vertical: {v_label})",
         fontsize=10,
     )
     return save_figure(fig, out)

@@ -22,6 +22,7 @@ import platform
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,19 @@ import numpy as np
 
 from ievnet_bids import qc as Q
 from ievnet_bids.bids import derivatives as D
-from ievnet_bids.records import Localization, SegmentRecord
+from ievnet_bids.records import HydropsRecord, Localization, SegmentRecord
 from ievnet_bids.reports import figures as F
 
 LOG = logging.getLogger("ievnet_bids")
 SIDES = ("left", "right")
-FIGURES = ("localization", "headlocalization", "axial", "coronal", "sagittal", "surface")
+FIGURES = (
+    "localization", "headlocalization", "axial", "coronal", "sagittal", "surface",
+    "hydropsaxial", "hydropscoronal",
+)  # fmt: skip
+HYDROPS_TITLE = {
+    view: f"FLAIR (iMRI) registered to the slab, {view} slices: TFS contour cyan, ELS magenta"
+    for view in ("axial", "coronal")
+}
 VERSION_PACKAGES = ("numpy", "scipy", "nibabel", "nipype", "torch", "monai", "matplotlib")
 MAX_CRASH_CHARS = 20000
 REPORT_BIDSIGNORE = ("sub-*/figures", "sub-*/log", "figures")
@@ -71,8 +79,12 @@ def stage_slab_report(
     native_masks: Mapping[str, Path],
     stage_dir: Path,
     output_dir: Path,
+    hydrops: tuple[HydropsRecord, Sequence[Path], Sequence[Path]] | None = None,
 ) -> tuple[dict[Path, Path], Path]:
-    """Stage the QC record and the figures of one slab; returns ``({staged: dest}, qc)``."""
+    """Stage the QC record and the figures of one slab; returns ``({staged: dest}, qc)``.
+
+    ``hydrops`` (sessions with a FLAIR): the record and each ear's ROI-grid FLAIR and ELS,
+    drawn as FLAIR mosaics with the TFS and ELS contours, the numbers in the QC record."""
     staging = D.Staging(slab, output_dir, stage_dir)
     slab_img = nib.load(str(slab))
     _, suffix, _ = D.parse_bids_name(slab)
@@ -140,6 +152,13 @@ def stage_slab_report(
     for view in F.VIEWS:
         stage_png(view, lambda p, v=view: F.mosaic_figure(ears, v, p))
     stage_png("surface", lambda p: F.surface_figure(ears, p))
+    if hydrops is not None:
+        flair_ears = _flair_ears(ears, *hydrops[1:])
+        for view in ("axial", "coronal"):
+            stage_png(
+                f"hydrops{view}",
+                lambda p, v=view: F.mosaic_figure(flair_ears, v, p, heading=HYDROPS_TITLE[v]),
+            )
 
     record = {
         "slab": slab.name,
@@ -159,10 +178,27 @@ def stage_slab_report(
         "figures": figures,
         "figure_errors": figure_errors,
     }
+    if hydrops is not None:
+        record["hydrops"] = {
+            "flair": Path(hydrops[0].flair).name,
+            "ears": {side: asdict(ear) for side, ear in hydrops[0].ears.items()},
+        }
     qc_tmp, qc_dest = staging.paths(**D.QC_RECORD.entities())
     D.write_json_atomic(record, qc_tmp)
     staging.add(qc_tmp, qc_dest)
     return staging.files, qc_tmp
+
+
+def _flair_ears(
+    ears: Mapping[str, F.EarData], flairs: Sequence[Path], els: Sequence[Path]
+) -> dict[str, F.EarData]:
+    """Each ear's registered FLAIR with its TFS mask and, as the overlay, its ELS."""
+    out = {}
+    for i, side in enumerate(SIDES):
+        flair = nib.load(str(flairs[i])).get_fdata(dtype=np.float32)
+        overlay = np.asanyarray(nib.load(str(els[i])).dataobj) > 0
+        out[side] = F.EarData(side, flair, ears[side].mask, None, ears[side].spacing, overlay)
+    return out
 
 
 # --------------------------------------------------------------------------- unit status
@@ -277,7 +313,9 @@ def collect_subject(output_dir: Path, subject: str) -> dict[str, Any]:
                 names = Q.flag_names(row.get("qc_flags"))
                 flags = [{"name": n, "reason": ""} for n in names]
             centre = [_num(row.get(f"centre_{a}_mm")) for a in "xyz"]
+            hydrops_ear = qc.get("hydrops", {}).get("ears", {}).get(side)
             ears[side] = {
+                "hydrops": _hydrops_cells(hydrops_ear) if hydrops_ear else None,
                 "volume_mm3": _num(row.get("volume_mm3", rec.get("volume_mm3"))),
                 "n_components": row.get("n_components", "n/a"),
                 "centre_mm": centre if None not in centre else rec.get("labyrinth_centre_mm"),
@@ -309,6 +347,7 @@ def collect_subject(output_dir: Path, subject: str) -> dict[str, Any]:
                 "asymmetry": asymmetry_index(
                     ears["left"]["volume_mm3"], ears["right"]["volume_mm3"]
                 ),
+                "flair": (qc.get("hydrops") or {}).get("flair"),
                 "figures": {k: v for k, v in qc.get("figures", {}).items() if k in FIGURES},
                 "figure_errors": qc.get("figure_errors", {}),
                 "figure_exists": {
@@ -360,6 +399,21 @@ def collect_subject(output_dir: Path, subject: str) -> dict[str, Any]:
         "errors": errors,
         "flags": flags,
         "seconds": sum(float(u.get("seconds") or 0.0) for u in units),
+    }
+
+
+def _hydrops_cells(ear: Mapping[str, Any]) -> dict[str, Any]:
+    """The report's ELS numbers of one ear (from the QC record's ``hydrops`` entry)."""
+    parts = ear.get("structures", {})
+    reg = ear.get("registration", {})
+    return {
+        "els_volume_mm3": _num(ear.get("els_volume_mm3")),
+        "els_percent": _num(ear.get("els_percent")),
+        **{f"{k}_els_percent": _num(parts.get(k, {}).get("els_percent")) for k in parts},
+        **{f"{k}_volume_mm3": _num(parts.get(k, {}).get("tfs_volume_mm3")) for k in parts},
+        "registration_deg": _num(reg.get("rotation_deg")),
+        "registration_mm": _num(reg.get("translation_mm")),
+        "template_dice": _num(ear.get("template_dice")),
     }
 
 

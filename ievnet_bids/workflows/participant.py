@@ -7,6 +7,7 @@
                                              → map_back_left ─┐
                                              → map_back_right ┴→ ds_slab (stage + publish)
                                                                   → report → ds_report
+                 (with a FLAIR: segment + map_back → hydrops → ds_slab, report)
 
 ``report`` computes the QC record and the figures of the slab (cached); ``ds_report``
 publishes them (``..._desc-tfs_qc.json``, ``sub-XX/figures/*.png``). After each
@@ -30,6 +31,7 @@ from ievnet_bids.bids.query import SubjectInputs
 from ievnet_bids.config import RunConfig
 from ievnet_bids.interfaces.derivatives import SlabDerivativesSink
 from ievnet_bids.interfaces.ears import ExtractEar, LocalizeEars, MapBackEar, SegmentEars
+from ievnet_bids.interfaces.hydrops import QuantifyHydrops
 from ievnet_bids.interfaces.reports import PublishReportlets, ReportSlab
 
 SIDES = ("left", "right")
@@ -49,11 +51,14 @@ def init_slab_wf(
     tta: bool = True,
     precision: str = "auto",
     omp_nthreads: int = 1,
+    hydrops: bool = False,
     name: str = "slab_wf",
 ) -> pe.Workflow:
     """Segment both ears of one slab and write its derivatives.
 
-    Inputs (``inputnode``): ``slab``, ``head`` (optional full-head image).
+    Inputs (``inputnode``): ``slab``, ``head`` (optional full-head image), ``flair`` (the
+    session's FLAIR; used when ``hydrops``: a ``hydrops`` node then quantifies the ELS of
+    both ears after segmentation and its outputs join the derivatives).
     Outputs (``outputnode``): ``out_files``, ``volumes``.
 
     >>> wf = init_slab_wf(output_dir=Path("/tmp/out"), model=Path("m.safetensors"))
@@ -61,7 +66,7 @@ def init_slab_wf(
     ['ds_report', 'ds_slab', 'extract_left']
     """
     wf = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["slab", "head"]), name="inputnode")
+    inputnode = pe.Node(niu.IdentityInterface(fields=["slab", "head", "flair"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files", "volumes"]), name="outputnode")
     localize = pe.Node(
         LocalizeEars(
@@ -121,7 +126,32 @@ def init_slab_wf(
             (map_back, ds_slab, [("prob", f"{side}_prob"), ("mask", f"{side}_mask")]),
             (map_back, report, [("mask", f"{side}_mask")]),
         ])  # fmt: skip
+    if hydrops:
+        _add_hydrops(wf, inputnode, segment, ds_slab, report)
     return wf
+
+
+def _add_hydrops(
+    wf: pe.Workflow,
+    inputnode: pe.Node,
+    segment: pe.Node,
+    ds_slab: pe.Node,
+    report: pe.Node,
+) -> None:
+    """The hydrops branch: segment (+ slab masks) → hydrops → ds_slab and report."""
+    hydrops = pe.Node(QuantifyHydrops(), name="hydrops", mem_gb=2.0)
+    outputs = ["roi_flairs", "roi_els", "roi_structures", "slab_els", "slab_structures",
+               "transforms"]  # fmt: skip
+    wf.connect([
+        (inputnode, hydrops, [("slab", "slab"), ("flair", "flair")]),
+        (segment, hydrops, [("masks", "roi_masks")]),
+        (inputnode, ds_slab, [("flair", "flair")]),
+        (hydrops, ds_slab, [("record", "hydrops_record"), *((k, k) for k in outputs)]),
+        (hydrops, report, [("record", "hydrops_record"), ("roi_flairs", "roi_flairs"),
+                           ("roi_els", "roi_els")]),
+    ])  # fmt: skip
+    for side in SIDES:
+        wf.connect(wf.get_node(f"map_back_{side}"), "mask", hydrops, f"{side}_mask")
 
 
 def init_participant_wf(
@@ -143,10 +173,13 @@ def init_participant_wf(
             tta=config.tta,
             precision=config.precision,
             omp_nthreads=config.omp_nthreads,
+            hydrops=config.hydrops and unit.flair is not None,
             name=f"slab{k}_{_safe(Path(slab).name.split('.')[0])}_wf",
         )
         slab_wf.inputs.inputnode.slab = str(slab)
         if unit.head is not None:
             slab_wf.inputs.inputnode.head = str(unit.head)
+        if config.hydrops and unit.flair is not None:
+            slab_wf.inputs.inputnode.flair = str(unit.flair)
         wf.add_nodes([slab_wf])
     return wf

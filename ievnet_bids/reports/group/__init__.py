@@ -18,6 +18,7 @@ Statistics (all two-sided, from :mod:`ievnet_bids.metrics`):
 from __future__ import annotations
 
 from ievnet_bids.reports.group.evaluate import (
+    evaluate_els_rows,
     evaluate_pair,
     evaluate_rows,
     index_references,
@@ -47,6 +48,7 @@ from ievnet_bids.reports.group.statistics import (
     evaluation_summary,
     evaluation_tests,
     first_per_subject,
+    hydrops_summary,
     outliers,
     paired_volumes,
     robust_z,
@@ -63,12 +65,14 @@ __all__ = [
     "OUTLIER_Z",
     "SIDES",
     "clean",
+    "evaluate_els_rows",
     "evaluate_pair",
     "evaluate_rows",
     "evaluation_summary",
     "evaluation_tests",
     "find_volume_tables",
     "first_per_subject",
+    "hydrops_summary",
     "index_references",
     "load_datasets",
     "mask_name",

@@ -14,6 +14,7 @@ import pandas as pd
 
 from ievnet_bids import qc as Q
 from ievnet_bids.bids import derivatives as D
+from ievnet_bids.outputs import HYDROPS_COLUMNS
 
 SIDES = ("left", "right")
 EVAL_METRICS = ("dice", "hausdorff_mm", "hd95_mm", "msd_mm")
@@ -36,6 +37,7 @@ GROUP_COLUMNS = (
     "localizer",
     "refinement_moved_mm",
     "qc_flags",
+    *HYDROPS_COLUMNS,
     "model",
     "model_sha256",
     "report",
@@ -70,7 +72,8 @@ def read_participant_rows(
     Adds ``participant_id``, ``session_id``, ``slab`` (the other entities, e.g. ``acq-space``),
     ``dataset``, the ROI-grid QC measurements of the QC record (``canal_loops``, ``euler``,
     ``tunnels``, ``boundary_prob``) and ``report`` (the subject's HTML page). ``qc_flags`` is
-    the complete set: the table's flags plus those of the QC record.
+    the complete set: the table's flags plus those of the QC record. The hydrops columns are
+    ``n/a`` for sessions without a FLAIR.
     """
     rows: list[dict[str, Any]] = []
     for path in tables:
@@ -106,6 +109,8 @@ def read_participant_rows(
     frame = pd.DataFrame(rows, dtype=object)  # object: integers stay integers next to n/a
     if frame.empty:
         return pd.DataFrame(columns=[*GROUP_COLUMNS, "_source"])
+    for column in HYDROPS_COLUMNS:  # sessions without a FLAIR: n/a
+        frame[column] = frame[column].fillna("n/a") if column in frame else "n/a"
     extra = [c for c in frame.columns if c not in GROUP_COLUMNS]
     return frame[[c for c in GROUP_COLUMNS if c in frame.columns] + extra]
 

@@ -9,19 +9,20 @@ import numpy as np
 import pandas as pd
 
 from ievnet_bids import metrics as M
-from ievnet_bids.reports.group.read import EVAL_METRICS, SIDES, numeric
+from ievnet_bids.reports.group.read import EVAL_METRICS, SIDES, clean, numeric
 
 OUTLIER_Z = 3.5
 
 
-def paired_volumes(frame: pd.DataFrame) -> pd.DataFrame:
-    """Left and right volume side by side, one row per subject/session/slab, with the AI."""
+def paired_volumes(frame: pd.DataFrame, column: str = "volume_mm3") -> pd.DataFrame:
+    """Left and right ``column`` (the volume) side by side, one row per subject/session/slab,
+    with the asymmetry index."""
     if frame.empty:
         return pd.DataFrame(
             columns=["participant_id", "session_id", "slab", "left", "right", "ai_percent"]
         )
     keys = ["participant_id", "session_id", "slab"]
-    vol = frame.assign(volume=numeric(frame, "volume_mm3"))
+    vol = frame.assign(volume=numeric(frame, column))
     vol[keys] = vol[keys].fillna("n/a")
     wide = vol.pivot_table(
         index=["participant_id", "session_id", "slab"],
@@ -191,3 +192,42 @@ def evaluation_tests(frame: pd.DataFrame) -> dict[str, Any]:
         ).reindex(columns=list(SIDES))
         out["wilcoxon"] = wilcoxon_left_right(wide["left"], wide["right"])
     return out
+
+
+HYDROPS_MEASURES: tuple[tuple[str, str], ...] = (
+    ("els_percent", "whole ear"),
+    ("cochlea_els_percent", "cochlea"),
+    ("vestibule_els_percent", "vestibule"),
+)
+
+
+def hydrops_summary(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """ELS% per structure: mean ± SD and median per side, and left vs right over subjects
+    (first session and slab each): mean difference L − R in percentage points and the paired
+    Wilcoxon. Empty when no ear has an ELS% (no FLAIR in the dataset)."""
+    rows: list[dict[str, Any]] = []
+    for column, name in HYDROPS_MEASURES:
+        if column not in frame:
+            continue
+        values = numeric(frame, column)
+        if not values.notna().any():
+            continue
+        row: dict[str, Any] = {"structure": name}
+        for side in SIDES:
+            v = values[frame["side"] == side].dropna()
+            row[side] = {
+                "n": int(v.size),
+                "mean": clean(v.mean()),
+                "sd": clean(v.std(ddof=1)) if v.size > 1 else None,
+                "median": clean(v.median()),
+            }
+        pairs = first_per_subject(paired_volumes(frame, column)).dropna(subset=list(SIDES))
+        diff = pairs["left"] - pairs["right"]
+        row["difference"] = {
+            "n": int(diff.size),
+            "mean": clean(diff.mean()),
+            "sd": clean(diff.std(ddof=1)) if diff.size > 1 else None,
+        }
+        row["wilcoxon"] = wilcoxon_left_right(pairs["left"], pairs["right"])
+        rows.append(row)
+    return rows

@@ -1,0 +1,120 @@
+"""One ear's hydrops quantification: FLAIR → SPACE, structures, ELS, ELS%.
+
+Everything happens on the ear's 0.2 mm ROI grid (the grid of its TFS mask): the FLAIR is
+registered to the SPACE around the ROI (:mod:`.register`), resampled onto the ROI grid,
+the TFS is split into cochlea, vestibule and canals (:mod:`.structures`), and the ELS is
+found inside the TFS (:mod:`.els`). Volumes are counted on that grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from ievnet_bids.geometry.extract import map_back
+from ievnet_bids.geometry.roi import RoiGrid
+from ievnet_bids.hydrops.els import ElsParams, els_percent, segment_els
+from ievnet_bids.hydrops.register import flair_on_grid, register_flair
+from ievnet_bids.hydrops.structures import STRUCTURE_LABELS, label_structures
+from ievnet_bids.records import EarHydrops
+
+METHOD = "ievnet-volt"
+"""Name of the ELS method in records and sidecars (:mod:`ievnet_bids.hydrops.els`)."""
+
+
+@dataclass(frozen=True)
+class EarHydropsMaps:
+    """The ROI-grid images behind :class:`EarHydrops`."""
+
+    flair: np.ndarray  # float32: the FLAIR on the ROI grid
+    els: np.ndarray  # bool, ⊂ TFS
+    structures: np.ndarray  # uint8: 0 outside the TFS, else STRUCTURE_LABELS
+
+
+def flair_voxel_size(flair_img: nib.spatialimages.SpatialImage) -> float:
+    """The FLAIR's voxel size (mm): the mean of its three spacings."""
+    return float(np.mean(np.asarray(flair_img.header.get_zooms()[:3], float)))
+
+
+def _round(value: float, digits: int = 3) -> float:
+    return float(round(value, digits)) if np.isfinite(value) else float("nan")
+
+
+def quantify_ear(
+    space_img: nib.spatialimages.SpatialImage,
+    flair_img: nib.spatialimages.SpatialImage,
+    grid: RoiGrid,
+    tfs: np.ndarray,
+    side: str,
+    *,
+    params: ElsParams | None = None,
+) -> tuple[EarHydrops, EarHydropsMaps]:
+    """Quantify one ear whose TFS mask ``tfs`` lies on the ROI ``grid`` (module doc)."""
+    params = params or ElsParams()
+    tfs = np.asarray(tfs, bool)
+    spacing = float(min(grid.spacing))
+    voxel_mm3 = float(np.prod(grid.spacing))
+    reg = register_flair(space_img, flair_img, grid)
+    flair = flair_on_grid(flair_img, reg.space_to_flair, grid)
+    voxel = flair_voxel_size(flair_img)
+    els = segment_els(flair, tfs, spacing_mm=spacing, flair_voxel_mm=voxel, params=params)
+    parts = label_structures(tfs, grid.affine, side)
+    structures: dict[str, dict[str, float]] = {}
+    for value, name in STRUCTURE_LABELS.items():
+        region = parts.labels == value
+        structures[name] = {
+            "tfs_volume_mm3": _round(np.count_nonzero(region) * voxel_mm3),
+            "els_volume_mm3": _round(np.count_nonzero(region & els.mask) * voxel_mm3),
+            "els_percent": _round(els_percent(els.mask, tfs, region), 2),
+        }
+    record = EarHydrops(
+        side=side,
+        tfs_volume_mm3=_round(np.count_nonzero(tfs) * voxel_mm3),
+        els_volume_mm3=_round(np.count_nonzero(els.mask) * voxel_mm3),
+        els_percent=_round(els_percent(els.mask, tfs), 2),
+        structures=structures,
+        registration={**reg.summary(), "space_to_flair": reg.space_to_flair.tolist()},
+        template_dice=_round(parts.template_dice),
+        flair_voxel_mm=_round(voxel),
+        perilymph_level=_round(els.perilymph_level),
+        dark_level=_round(els.dark_level),
+        method={"name": METHOD, **params.summary()},
+    )
+    return record, EarHydropsMaps(flair, els.mask, parts.labels)
+
+
+def els_on_slab(
+    els: np.ndarray, grid: RoiGrid, slab_img: nib.spatialimages.SpatialImage, slab_tfs: np.ndarray
+) -> np.ndarray:
+    """The ROI-grid ELS on the slab's grid: linear interpolation ≥ 0.5, inside the slab's TFS
+    mask (so the slab ELS is a subset of the published TFS mask too)."""
+    return (map_back(els.astype(np.float32), grid, slab_img) >= 0.5) & np.asarray(slab_tfs, bool)
+
+
+def structures_on_slab(
+    labels: np.ndarray,
+    grid: RoiGrid,
+    slab_img: nib.spatialimages.SpatialImage,
+    slab_tfs: np.ndarray,
+) -> np.ndarray:
+    """The ROI-grid structure labels on the slab's grid: each slab TFS voxel takes the label
+    whose linearly interpolated indicator is largest (0 where none reaches it, then the
+    nearest labelled voxel's); 0 outside the slab's TFS mask."""
+    slab_tfs = np.asarray(slab_tfs, bool)
+    scores = np.stack(
+        [map_back((labels == k).astype(np.float32), grid, slab_img) for k in STRUCTURE_LABELS]
+    )
+    best = (np.argmax(scores, axis=0) + 1).astype(np.uint8)
+    best[scores.max(axis=0) <= 0] = 0
+    out = np.zeros(slab_tfs.shape, np.uint8)
+    if not (best > 0).any():
+        return out
+    unlabelled = slab_tfs & (best == 0)
+    if unlabelled.any():
+        _, idx = ndimage.distance_transform_edt(best == 0, return_indices=True)
+        best[unlabelled] = best[tuple(i[unlabelled] for i in idx)]
+    out[slab_tfs] = best[slab_tfs]
+    return out
