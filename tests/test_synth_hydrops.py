@@ -216,6 +216,7 @@ def test_flair_motion_matches_the_truth(datasets):
     assert np.linalg.norm(motion["head_centre_shift_mm"]) <= MAX_MOTION_MM
     np.testing.assert_allclose(motion["translation_mm"], flair_to_space[:3, 3])
     to_flair = np.linalg.inv(flair_to_space)
+    np.testing.assert_allclose(motion["space_to_flair_world"], to_flair, atol=1e-12)
     flair, flair_affine = _load(bids / motion["path"])
     np.testing.assert_allclose(flair_affine, motion["slab"]["affine"], atol=1e-6)
     flair = flair.astype(np.float32)

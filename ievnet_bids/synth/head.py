@@ -659,8 +659,10 @@ def _write_flair(
     write_json(anat / f"{ent}_{FLAIR_SUFFIX}.json", FLAIR_SIDECAR)
     return {
         "flair_to_space_world": flair_to_space.tolist(),
+        "space_to_flair_world": to_flair.tolist(),
         "convention": "x_space = flair_to_space_world @ [x_flair, 1]: scanner mm (RAS) of the "
-        "same tissue point in the SPACE and in the FLAIR acquisition",
+        "same tissue point in the SPACE and in the FLAIR acquisition; space_to_flair_world is "
+        "its inverse",
         **motion,
         "slab": {"shape": list(slab.shape), "affine": slab.affine.tolist()},
         "head_pose_template_to_scanner": flair_pose.matrix.tolist(),
