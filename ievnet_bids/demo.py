@@ -1,7 +1,8 @@
 """``make demo``: the built-in synthetic demonstration of the BIDS-App.
 
 1. builds a synthetic BIDS dataset of full-head phantoms (3 subjects, one with two sessions,
-   random head poses; ground truth kept outside the BIDS tree),
+   random head poses; ground truth kept outside the BIDS tree); subject 1 also has
+   endolymphatic hydrops and a gadolinium FLAIR (``*_acq-inner_ce-gadolinium_FLAIR``),
 2. runs ``ievnet-bids <bids> <out> participant`` on it,
 3. runs the group level (``group_tfs.tsv`` / ``group_tfs.html``),
 4. compares the masks with the phantom ground truth (Dice per ear),
@@ -55,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     bids, truth, derivatives = out / "bids", out / "truth", out / "derivatives"
     if not (bids / "dataset_description.json").exists():
         print(f"ievnet-bids demo: writing a synthetic BIDS dataset to {bids}")
-        write_bids_dataset(bids, truth, n_subjects=3, sessions=[1, 2, 1], seed=2026)
+        write_bids_dataset(
+            bids, truth, n_subjects=3, sessions=[1, 2, 1], seed=2026, hydrops=True,
+            hydrops_subjects=[1],
+        )  # fmt: skip
     code = ievnet_bids_main(
         [str(bids), str(derivatives), "participant", "-w", str(out / "work"),
          "--nprocs", str(args.nprocs), "--omp-nthreads", str(args.nprocs)]

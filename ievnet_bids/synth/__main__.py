@@ -32,6 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--real", type=Path, nargs="*", default=[], help="real ROI crops (NIfTI) to show beside"
     )
     _add_realism(prev)
+    prev.add_argument(
+        "--hydrops",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="H",
+        help="instead: the first seed's ear at these hydrops severities (0-1), SPACE beside "
+        "gadolinium FLAIR with the endolymph outlined",
+    )
 
     roi = sub.add_parser("roi", help="write ROI phantoms (image + labels NIfTI)")
     roi.add_argument("--out-dir", type=Path, required=True)
@@ -58,6 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="sessions per subject, e.g. 1 2 1 (default: one, no ses- entity)",
     )
     bids.add_argument("--seed", type=int, default=0)
+    bids.add_argument(
+        "--hydrops",
+        action="store_true",
+        help="draw endolymphatic hydrops per ear and write a gadolinium FLAIR per image "
+        "(ELS truth in the truth folder)",
+    )
+    bids.add_argument(
+        "--hydrops-subjects",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="with --hydrops: only these subjects (1-based; default all)",
+    )
     return parser
 
 
@@ -102,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from ievnet_bids.synth.phantom import generate_phantom
 
+    if args.command == "preview" and args.hydrops:
+        from ievnet_bids.synth.preview import draw_hydrops_preview
+
+        print(draw_hydrops_preview(args.seeds[0], args.hydrops, args.out, realism=args.realism))
+        return 0
     if args.command == "preview":
         from ievnet_bids.synth.preview import draw_preview
 
@@ -146,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             n_subjects=args.subjects,
             sessions=args.sessions,
             seed=args.seed,
+            hydrops=args.hydrops,
+            hydrops_subjects=args.hydrops_subjects,
         )
         print(args.out_dir)
         return 0

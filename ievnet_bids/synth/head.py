@@ -19,22 +19,37 @@ The truth folder holds per image the left/right TFS masks on the slab grid
 centres, head pose, phantom seeds, TFS volumes). A subject's anatomy (ear offsets, phantom
 seeds, labyrinth) is the same in all its sessions; only pose, scaling and noise change. Session
 1 of a subject is identical to the session-less image of the same subject and seed.
+
+With ``hydrops=True`` each ear also gets an endolymphatic space (:mod:`.endolymph`) of its own
+severity, and each image a gadolinium FLAIR (``anat/*_acq-inner_ce-gadolinium_FLAIR.nii.gz``,
+0.5 mm, 320×320×48) through both ears, acquired after the head moved rigidly (≤ 3°, ≤ 2 mm)
+from its SPACE pose; its background is the template T1w with the CSF darkened, and per ear the
+phantom's FLAIR rendering (:mod:`.flair`) is blended in like the SPACE phantom. The truth folder
+then also holds ``*_desc-{side}_els.nii.gz`` and ``*_desc-{side}_structures.nii.gz`` (SPACE slab
+grid; structures 1 cochlea incl. spiral lamina, 2 vestibule, 3 canals), the same two on the
+ear's 0.2 mm ROI grid (``*_space-ROI_desc-{side}_{els,structures}.nii.gz``) and, in the truth
+JSON, severities, ELS/TFS volumes and the FLAIR → SPACE motion. Everything the FLAIR adds comes
+from random streams of its own: the SPACE, T1w and TFS files are those of ``hydrops=False``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from ievnet_bids.atomic import staged, write_text_atomic
 from ievnet_bids.geometry.extract import box_around, sub_grid
 from ievnet_bids.geometry.roi import RoiGrid, resample
 from ievnet_bids.synth import labels as L
+from ievnet_bids.synth.endolymph import HYDROPS_GRADES, STRUCTURE_VALUES, grade_range, structure_map
+from ievnet_bids.synth.flair import flair_rng, perilymph_level, render_flair
 from ievnet_bids.synth.phantom import Phantom, generate_phantom
 from ievnet_bids.synth.render import smooth_field
 from ievnet_bids.templates import load_template
@@ -53,6 +68,15 @@ SESSION_TRANSLATION_MM = 3.0
 MAX_EAR_OFFSET_MM = 3.0
 T2LIKE_FLUID = 1000.0  # CSF level of the T2-like template
 SIDES = ("left", "right")
+# FLAIR-iMRI (hydrops datasets)
+FLAIR_SHAPE: tuple[int, int, int] = (320, 320, 48)  # 0.5 mm: 160 × 160 × 24 mm
+FLAIR_SPACING_MM = 0.5
+MAX_MOTION_DEG = 3.0  # head motion between the SPACE and the FLAIR
+MAX_MOTION_MM = 2.0
+FLAIR_BRAIN = 0.4  # brain level / perilymph level
+T1_BRAIN = 300.0  # brain level of the template T1w
+T1_CSF_RAMP = (120.0, 250.0)  # template T1w values ramped from suppressed (CSF) to tissue
+FLAIR_SUFFIX = "acq-inner_ce-gadolinium_FLAIR"
 
 T1_SIDECAR = {
     "MagneticFieldStrength": 3,
@@ -76,6 +100,20 @@ T2_SIDECAR = {
     "EchoTrainLength": 80,
     "FlipAngle": 120,
     "SliceThickness": SLAB_SPACING_MM,
+    "Manufacturer": "ievnet-bids synthetic phantom",
+}
+FLAIR_SIDECAR = {
+    "MagneticFieldStrength": 3,
+    "MRAcquisitionType": "3D",
+    "PulseSequenceType": "3D-FLAIR",
+    "ScanningSequence": ["SE", "IR"],
+    "SequenceVariant": ["SK", "SP", "MP"],
+    "RepetitionTime": 6.0,
+    "EchoTime": 0.134,
+    "InversionTime": 2.24,
+    "FlipAngle": 120,
+    "SliceThickness": FLAIR_SPACING_MM,
+    "ContrastBolusIngredient": "GADOLINIUM",
     "Manufacturer": "ievnet-bids synthetic phantom",
 }
 
@@ -258,6 +296,45 @@ def _moved_centre(ph: Phantom, grid: RoiGrid) -> np.ndarray:
     return grid.voxel_to_world(ph.grid.world_to_voxel(ph.centre_mm[None]))[0]
 
 
+def sample_ear_hydrops(rng: np.random.Generator, subject_index: int) -> dict[str, float]:
+    """Hydrops severity per ear: the ears of subject ``i`` take the grades ``k + 2i`` and
+    ``k + 2i + 1`` (mod 4, random ``k``), so any two subjects span none … severe."""
+    offset = int(rng.integers(len(HYDROPS_GRADES)))
+    out = {}
+    for j, side in enumerate(SIDES):
+        name = HYDROPS_GRADES[(offset + 2 * subject_index + j) % len(HYDROPS_GRADES)][0]
+        low, high = grade_range(name)
+        out[side] = round(float(rng.uniform(low, high)), 3)
+    return out
+
+
+def sample_motion(rng: np.random.Generator, pivot: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Head motion between two scans: ``(flair_to_space, info)``.
+
+    The head turns by up to :data:`MAX_MOTION_DEG` about a random axis through ``pivot`` (head
+    centre, SPACE scanner mm) and shifts by up to :data:`MAX_MOTION_MM`. ``flair_to_space`` is
+    the 4×4 world matrix with ``x_space = flair_to_space @ x_flair``: the scanner coordinates
+    (mm) in the SPACE of the tissue point at ``x_flair`` in the FLAIR.
+    """
+    angle = float(rng.uniform(0.0, MAX_MOTION_DEG))
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    shift = rng.normal(size=3)
+    shift *= rng.uniform(0.0, MAX_MOTION_MM) / np.linalg.norm(shift)
+    rot = Rotation.from_rotvec(np.deg2rad(angle) * axis).as_matrix()
+    space_to_flair = np.eye(4)
+    space_to_flair[:3, :3] = rot
+    space_to_flair[:3, 3] = pivot + shift - rot @ pivot
+    flair_to_space = np.linalg.inv(space_to_flair)
+    info = {
+        "rotation_deg": angle,
+        "rotation_axis": [float(v) for v in axis],
+        "translation_mm": [float(v) for v in flair_to_space[:3, 3]],
+        "head_centre_shift_mm": [float(v) for v in shift],
+    }
+    return flair_to_space, info
+
+
 def write_bids_dataset(
     out_dir: str | Path,
     truth_dir: str | Path,
@@ -265,12 +342,17 @@ def write_bids_dataset(
     n_subjects: int = 2,
     sessions: list[int] | None = None,
     seed: int = 0,
+    hydrops: bool = False,
+    hydrops_subjects: Collection[int] | None = None,
 ) -> dict:
     """Write a synthetic BIDS dataset of full-head phantoms and its ground truth.
 
     ``sessions``: sessions per subject (e.g. ``[1, 2, 1]``; None → no ``ses-`` entity).
+    ``hydrops``: also draw endolymphatic hydrops and write a gadolinium FLAIR per image, for
+    the subjects numbered in ``hydrops_subjects`` (1-based; None → all).
     Returns a summary: ``{"out_dir", "truth_dir", "images": [{"subject", "session", "t1w",
-    "t2w", "truth", "masks": {side: path}}, ...]}``. Deterministic for ``seed``.
+    "t2w", "truth", "masks": {side: path}}, ...]}``, with hydrops also ``"flair"`` and
+    ``"els_masks": {side: path}``. Deterministic for ``seed``.
     """
     out, truth = Path(out_dir), Path(truth_dir)
     if sessions is not None:
@@ -307,7 +389,13 @@ def write_bids_dataset(
                 "offset": rng.uniform(-MAX_EAR_OFFSET_MM, MAX_EAR_OFFSET_MM, 3),
                 "seed": int(rng.integers(0, 2**31 - 1)),
             }
+        with_flair = hydrops and (hydrops_subjects is None or s + 1 in hydrops_subjects)
+        if with_flair:
+            severity = sample_ear_hydrops(np.random.default_rng([seed, s, 14]), s)
+            for side in SIDES:
+                ears[side]["hydrops"] = severity[side]
         first_phantoms: dict[str, Phantom] = {}
+        flair_rois: dict[str, np.ndarray] = {}
         n_ses = 1 if sessions is None else sessions[s]
         for k in range(n_ses):
             ses = None if sessions is None else str(k + 1)
@@ -331,10 +419,12 @@ def write_bids_dataset(
                     tpl,
                     ears,
                     first_phantoms,
+                    np.random.default_rng([seed, s, k, 14]) if with_flair else None,
+                    flair_rois,
                 )
             )
 
-    _write_metadata(out, participants, seed, sessions)
+    _write_metadata(out, participants, seed, sessions, hydrops)
     return {"out_dir": str(out), "truth_dir": str(truth), "images": images}
 
 
@@ -349,7 +439,11 @@ def _write_image(
     tpl: _Template,
     ears: dict[str, dict],
     first_phantoms: dict[str, Phantom],
+    flair_rng_: np.random.Generator | None = None,
+    flair_rois: dict[str, np.ndarray] | None = None,
 ) -> dict:
+    """One subject/session: T1w, SPACE slab and TFS truth (and, with ``flair_rng_``, the
+    FLAIR, ELS and structure truth); ``first_phantoms``/``flair_rois`` cache the ears."""
     ent = _entity(sub, ses)
     anat = out / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
     anat.mkdir(parents=True, exist_ok=True)
@@ -367,7 +461,9 @@ def _write_image(
         roi_centre = pose.apply(landmark) + rotation @ ears[side]["offset"]
         grid = RoiGrid.centred(roi_centre, rotation=rotation)
         if side not in first_phantoms:
-            first_phantoms[side] = generate_phantom(ears[side]["seed"], side=side, grid=grid)
+            first_phantoms[side] = generate_phantom(
+                ears[side]["seed"], side=side, grid=grid, hydrops=ears[side].get("hydrops")
+            )
         ph = first_phantoms[side]
         phantoms[side] = (ph, grid, _moved_centre(ph, grid))
 
@@ -436,19 +532,152 @@ def _write_image(
         "snr": float(snr),
         "ears": ear_truth,
     }
-    truth_path = write_json(truth / f"{ent}_truth.json", record)
-    return {
+    summary = {
         "subject": sub,
         "session": ses,
         "t1w": str(t1_path),
         "t2w": str(t2_path),
-        "truth": str(truth_path),
         "masks": mask_paths,
+    }
+    if flair_rng_ is not None and flair_rois is not None:
+        summary["els_masks"] = _write_els_truth(truth, ent, slab, phantoms, masks, ear_truth)
+        for side in SIDES:
+            ph = phantoms[side][0]
+            if side not in flair_rois:
+                flair_rois[side] = render_flair(
+                    ph.labels,
+                    ph.els,
+                    flair_rng(ears[side]["seed"]),
+                    min(ph.grid.spacing),
+                    snr=float("inf"),
+                )[0]
+        record["flair"] = _write_flair(
+            anat, ent, flair_rng_, pose, tpl, rotation, mid, phantoms, flair_rois
+        )
+        record["flair"]["path"] = str((anat / f"{ent}_{FLAIR_SUFFIX}.nii.gz").relative_to(out))
+        summary["flair"] = str(anat / f"{ent}_{FLAIR_SUFFIX}.nii.gz")
+    summary["truth"] = str(write_json(truth / f"{ent}_truth.json", record))
+    return summary
+
+
+def _write_els_truth(
+    truth: Path,
+    ent: str,
+    slab: RoiGrid,
+    phantoms: dict[str, tuple[Phantom, RoiGrid, np.ndarray]],
+    tfs_masks: dict[str, np.ndarray],
+    ear_truth: dict[str, dict],
+) -> dict[str, str]:
+    """ELS and structure truth per ear on the slab grid (linear interpolation ≥ 0.5, as the
+    TFS mask, so ELS ⊂ TFS there too) and on the ear's ROI grid; volumes into ``ear_truth``."""
+    paths = {}
+    for side in SIDES:
+        ph, grid, _ = phantoms[side]
+        els = np.zeros(slab.shape, np.uint8)
+        structures = np.zeros(slab.shape, np.uint8)
+        roi_structures = structure_map(ph.labels)
+        box = box_around(grid, slab)
+        if box is not None:
+            sub_target = sub_grid(slab, box)
+            els[box] = resample(ph.els.astype(np.float32), grid.affine, sub_target, order=1) >= 0.5
+            fractions = [
+                resample((roi_structures == v).astype(np.float32), grid.affine, sub_target, order=1)
+                for v in STRUCTURE_VALUES.values()
+            ]
+            best = np.argmax(np.stack(fractions), axis=0).astype(np.uint8) + 1
+            structures[box] = np.where(tfs_masks[side][box] > 0, best, 0)
+        stem = truth / f"{ent}_desc-{side}"
+        paths[side] = str(save_nifti(els, slab.affine, Path(f"{stem}_els.nii.gz")))
+        save_nifti(structures, slab.affine, Path(f"{stem}_structures.nii.gz"))
+        roi_stem = truth / f"{ent}_space-ROI_desc-{side}"
+        save_nifti(ph.els.astype(np.uint8), grid.affine, Path(f"{roi_stem}_els.nii.gz"))
+        save_nifti(roi_structures, grid.affine, Path(f"{roi_stem}_structures.nii.gz"))
+        info = ph.meta["hydrops"]
+        ear_truth[side]["hydrops"] = {"severity": info["severity"], "grade": info["grade"]}
+        ear_truth[side]["volumes_roi"] = info["volumes"]
+        ear_truth[side]["els_volume_mm3_slab"] = float(els.sum()) * SLAB_SPACING_MM**3
+    return paths
+
+
+def flair_background(t1: np.ndarray) -> np.ndarray:
+    """FLAIR-like background from the template T1w: CSF suppressed, brain at
+    :data:`FLAIR_BRAIN` (relative to the perilymph level 1)."""
+    lo, hi = T1_CSF_RAMP
+    return (t1 * _smoothstep((t1 - lo) / (hi - lo)) * (FLAIR_BRAIN / T1_BRAIN)).astype(np.float32)
+
+
+def _write_flair(
+    anat: Path,
+    ent: str,
+    rng: np.random.Generator,
+    pose: HeadPose,
+    tpl: _Template,
+    rotation: np.ndarray,
+    slab_mid: np.ndarray,
+    phantoms: dict[str, tuple[Phantom, RoiGrid, np.ndarray]],
+    flair_rois: dict[str, np.ndarray],
+) -> dict:
+    """The FLAIR of one image after a small head motion; returns its truth record."""
+    flair_to_space, motion = sample_motion(rng, pose.apply(tpl.head_centre))
+    to_flair = np.linalg.inv(flair_to_space)
+    flair_pose = HeadPose(
+        to_flair[:3, :3] @ pose.rotation, to_flair[:3, :3] @ pose.translation + to_flair[:3, 3]
+    )
+    head_axes = to_flair[:3, :3] @ rotation
+    jitter = rng.uniform(-1.0, 1.0, 3) * np.array([2.0, 2.0, 1.0])
+    centre = to_flair[:3, :3] @ slab_mid + to_flair[:3, 3] + head_axes @ jitter
+    slab = RoiGrid.centred(
+        centre, shape=FLAIR_SHAPE, spacing_mm=FLAIR_SPACING_MM, rotation=head_axes
+    )
+    level = rng.uniform(400.0, 900.0)  # perilymph, scanner units
+    t1 = _resample_linear(tpl.t1, flair_pose.matrix @ tpl.affine, slab)
+    image = flair_background(t1) * level
+    ears = {}
+    for side in SIDES:
+        ph, grid, centre_space = phantoms[side]
+        roi = RoiGrid(grid.shape, to_flair @ grid.affine)
+        box = box_around(roi, slab)
+        tfs_mm3 = 0.0
+        if box is not None:
+            sub_target = sub_grid(slab, box)
+            roi_flair = flair_rois[side]
+            local = resample(roi_flair, roi.affine, sub_target, order=3)
+            local *= level / max(perilymph_level(roi_flair, ph.labels, ph.els), 1e-6)
+            tfs = resample(ph.tfs.astype(np.float32), roi.affine, sub_target, order=1) >= 0.5
+            w = np.maximum(fade_weight(sub_target, roi), near_weight(tfs, FLAIR_SPACING_MM))
+            image[box] = w * np.clip(local, 0, None) + (1 - w) * image[box]
+            tfs_mm3 = float(tfs.sum()) * FLAIR_SPACING_MM**3
+        ears[side] = {
+            "centre_mm": [float(v) for v in to_flair[:3, :3] @ centre_space + to_flair[:3, 3]],
+            "tfs_volume_mm3_slab": tfs_mm3,
+        }
+    image *= _bias(rng, slab.shape, rng.uniform(0.03, 0.1))
+    snr = rng.uniform(8.0, 20.0)
+    image = _rician(rng, image, level / snr)
+    flair = np.round(image).clip(0, 32767).astype(np.int16)
+    save_nifti(flair, slab.affine, anat / f"{ent}_{FLAIR_SUFFIX}.nii.gz")
+    write_json(anat / f"{ent}_{FLAIR_SUFFIX}.json", FLAIR_SIDECAR)
+    return {
+        "flair_to_space_world": flair_to_space.tolist(),
+        "space_to_flair_world": to_flair.tolist(),
+        "convention": "x_space = flair_to_space_world @ [x_flair, 1]: scanner mm (RAS) of the "
+        "same tissue point in the SPACE and in the FLAIR acquisition; space_to_flair_world is "
+        "its inverse",
+        **motion,
+        "slab": {"shape": list(slab.shape), "affine": slab.affine.tolist()},
+        "head_pose_template_to_scanner": flair_pose.matrix.tolist(),
+        "perilymph_level": float(level),
+        "snr": float(snr),
+        "ears": ears,
     }
 
 
 def _write_metadata(
-    out: Path, participants: list[tuple[str, str, str]], seed: int, sessions: list[int] | None
+    out: Path,
+    participants: list[tuple[str, str, str]],
+    seed: int,
+    sessions: list[int] | None,
+    hydrops: bool = False,
 ) -> None:
     write_json(
         out / "dataset_description.json",
@@ -461,7 +690,8 @@ def _write_metadata(
             "GeneratedBy": [
                 {
                     "Name": "ievnet-synth bids",
-                    "Description": f"ievnet_bids.synth.head.write_bids_dataset(seed={seed})",
+                    "Description": "ievnet_bids.synth.head.write_bids_dataset("
+                    + f"seed={seed}{', hydrops=True' if hydrops else ''})",
                 }
             ],
         },
@@ -495,7 +725,13 @@ Per subject/session:
 - anat/*_T1w.nii.gz: 1 mm full head, axis-aligned scanner grid.
 - anat/*_acq-space_T2w.nii.gz: heavily T2-weighted 0.5 mm slab through both ears
   (384 x 384 x 56 voxels), oriented like the head.
-
+{FLAIR_README if hydrops else ""}
 Ground truth (TFS masks, ear centres, head pose) is written OUTSIDE this dataset.
 """
     write_text_atomic(readme, out / "README")
+
+
+FLAIR_README = """- anat/*_acq-inner_ce-gadolinium_FLAIR.nii.gz (hydrops subjects): gadolinium
+  3D-FLAIR (iMRI), 0.5 mm slab (320 x 320 x 48) through both ears after a small head motion:
+  perilymph bright, endolymph dark; each ear with its own hydrops severity.
+"""

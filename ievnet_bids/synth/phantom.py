@@ -16,6 +16,13 @@ from ievnet_bids.synth import labels as L
 from ievnet_bids.synth.anatomy import Labyrinth, random_rotation, sample_labyrinth
 from ievnet_bids.synth.background import build_background
 from ievnet_bids.synth.detail import add_detail, carve_septa, detail_rng
+from ievnet_bids.synth.endolymph import (
+    els_rng,
+    els_volumes,
+    hydrops_grade,
+    rasterize_els,
+    sample_endolymph,
+)
 from ievnet_bids.synth.rasterize import FrameMap, GridDisplacement, paint
 from ievnet_bids.synth.render import render
 
@@ -34,6 +41,7 @@ class Phantom:
     side: str
     centre_mm: np.ndarray  # ear centre (labyrinth bounding-box centre) in world mm
     meta: dict = field(default_factory=dict)
+    els: np.ndarray | None = None  # endolymphatic space (bool, ⊂ TFS) when drawn with hydrops
 
     @property
     def tfs(self) -> np.ndarray:
@@ -116,6 +124,7 @@ def generate_phantom(
     max_shift_fraction: float = 0.15,
     elastic_mm: float = 0.35,
     realism: int = 1,
+    hydrops: float | None = None,
 ) -> Phantom:
     """Draw one phantom, deterministic for ``seed``.
 
@@ -126,11 +135,17 @@ def generate_phantom(
     ``side="left"`` is the exact mirror image (x → −x about the grid centre) of the right
     phantom of the same seed. ``grid`` defaults to the IE-Vnet ROI; its first axis must be
     left-right for the mirror to be anatomical.
+
+    ``hydrops`` ∈ [0, 1] (severity, 0 none … 1 severe) also draws the endolymphatic space
+    (:mod:`ievnet_bids.synth.endolymph`) into ``Phantom.els``, from a random stream of its own:
+    image and labels are those of ``hydrops=None`` (in T2-weighted images endo- and perilymph
+    look alike); ``meta["hydrops"]`` records severity, grade and volumes.
     """
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', not {side!r}")
     if realism not in REALISM_LEVELS:
         raise ValueError(f"realism must be one of {REALISM_LEVELS}, not {realism!r}")
+    grade = None if hydrops is None else hydrops_grade(float(hydrops))
     grid = grid or default_grid()
     rng = np.random.default_rng(seed)
     attempts = 0
@@ -168,11 +183,16 @@ def generate_phantom(
     image, render_info = render(
         labels, rng, contrast=contrast, spacing_mm=min(grid.spacing), detail=realism >= 2
     )
+    els = None
+    if hydrops is not None:
+        geometry = sample_endolymph(els_rng(seed), lab)
+        els = rasterize_els(geometry, float(hydrops), labels, grid, frame)
     lo, hi = lab.bounds(margin=0.0)
     centre = frame.to_world(((lo + hi) / 2)[None])[0]
     if side == "left":
         image = np.ascontiguousarray(image[::-1])
         labels = np.ascontiguousarray(labels[::-1])
+        els = None if els is None else np.ascontiguousarray(els[::-1])
         mirror = grid.centre_mm.copy()
         centre = centre.copy()
         centre[0] = 2 * mirror[0] - centre[0]
@@ -192,4 +212,10 @@ def generate_phantom(
     if realism >= 2:
         meta["realism"] = realism
         meta["detail"] = detail_info
-    return Phantom(image, labels, grid, side, centre, meta)
+    if els is not None:
+        meta["hydrops"] = {
+            "severity": float(hydrops),
+            "grade": grade,
+            "volumes": els_volumes(labels, els, float(np.prod(grid.spacing))),
+        }
+    return Phantom(image, labels, grid, side, centre, meta, els)

@@ -96,3 +96,50 @@ def draw_preview(
     plt.close(fig)
     tmp.replace(out)
     return out
+
+
+def draw_hydrops_preview(
+    seed: int, severities: list[float], out: str | Path, *, realism: int = 1, dpi: int = 70
+) -> Path:
+    """One right ear at each hydrops severity: SPACE and gadolinium FLAIR slices through the
+    vestibule and the cochlea, the endolymph outlined (cyan) and the TFS (red) on the SPACE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ievnet_bids.synth.flair import flair_rng, render_flair
+    from ievnet_bids.synth.phantom import generate_phantom
+
+    rows = len(severities)
+    fig, axes = plt.subplots(rows, 4, figsize=(18, 4.4 * rows), squeeze=False)
+    for row, severity in enumerate(severities):
+        ph = generate_phantom(seed, hydrops=severity, realism=realism)
+        flair, _ = render_flair(ph.labels, ph.els, flair_rng(seed), min(ph.grid.spacing))
+        volumes = ph.meta["hydrops"]["volumes"]
+        for k, (name, labels) in enumerate(
+            (("vestibule", (L.VESTIBULE,)), ("cochlea", (L.COCHLEA,)))
+        ):
+            z = int(np.rint(np.argwhere(np.isin(ph.labels, labels))[:, 2].mean()))
+            for j, (title, image) in enumerate((("SPACE", ph.image), ("FLAIR", flair))):
+                ax = axes[row, 2 * k + j]
+                vmax = np.percentile(image, 99.8)
+                ax.imshow(image[:, :, z].T, cmap="gray", origin="lower", vmin=0, vmax=vmax)
+                if j == 0:
+                    ax.contour(ph.tfs[:, :, z].T, levels=[0.5], colors="r", linewidths=0.6)
+                ax.contour(ph.els[:, :, z].T, levels=[0.5], colors="c", linewidths=0.6)
+                pct = volumes[name]["els_percent"]
+                ax.set_title(
+                    f"seed {seed} hydrops {severity:.2f} ({ph.meta['hydrops']['grade']}): "
+                    f"{title}, {name} z={z}, ELS {pct:.0f}%",
+                    fontsize=9,
+                )
+                ax.axis("off")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
