@@ -211,3 +211,32 @@ def test_light_validation(tmp_path, tiny_bids):
     (bids / "dataset_description.json").unlink()
     with pytest.raises(InvalidBidsError, match=r"dataset_description\.json is missing"):
         validate_dataset(bids, light_validation=False)
+
+
+def test_flair_of_the_same_session_contrast_enhanced_first(tmp_path, tiny_bids, caplog):
+    bids = tiny_bids(
+        tmp_path / "bids",
+        [
+            "sub-01/ses-a/anat/sub-01_ses-a_acq-space_T2w.nii.gz",
+            "sub-01/ses-a/anat/sub-01_ses-a_acq-inner_FLAIR.nii.gz",
+            "sub-01/ses-a/anat/sub-01_ses-a_acq-inner_ce-gadolinium_FLAIR.nii.gz",
+            "sub-01/ses-b/anat/sub-01_ses-b_acq-space_T2w.nii.gz",  # no FLAIR this session
+            "sub-02/anat/sub-02_acq-space_T2w.nii.gz",
+            "sub-02/anat/sub-02_FLAIR.nii.gz",
+        ],
+    ).resolve()
+    anat = bids / "sub-01/ses-a/anat"
+    with caplog.at_level("WARNING", logger="ievnet_bids"):
+        flairs = {(i.subject, i.session): i.flair for i in collect_inputs(_config(bids, tmp_path))}
+    assert flairs == {
+        ("01", "a"): anat / "sub-01_ses-a_acq-inner_ce-gadolinium_FLAIR.nii.gz",
+        ("01", "b"): None,
+        ("02", None): bids / "sub-02/anat/sub-02_FLAIR.nii.gz",
+    }
+    assert "2 FLAIR images" in caplog.text and '"flair" filter' in caplog.text
+    filters = tmp_path / "filters.json"
+    filters.write_text('{"flair": {"ceagent": null}}')
+    picked = collect_inputs(_config(bids, tmp_path, "--bids-filter-file", str(filters)))
+    assert picked[0].flair == anat / "sub-01_ses-a_acq-inner_FLAIR.nii.gz"
+    skipped = collect_inputs(_config(bids, tmp_path, "--no-hydrops"))
+    assert all(i.flair is None for i in skipped)

@@ -1,10 +1,19 @@
 """Rigid FLAIR → SPACE registration, local to one ear.
 
 The head moves between the SPACE (TFS) and the delayed-gadolinium FLAIR (iMRI), by a few
-degrees and millimetres. One rigid transform per ear is found with ``antsRegistration``
-(mutual information, two resolutions) on a box around the ear's ROI: the SPACE box is the
-fixed image, the FLAIR box (with a wider margin for the motion) the moving one. Both images
-stay in their scanner world; the start is the identity (the scanner's own alignment).
+degrees and millimetres. One rigid transform per ear is found in two stages:
+
+1. ``antsRegistration`` (Mattes mutual information, two resolutions) on a box around the
+   ear's ROI, both images smoothed by σ = 1 voxel against the FLAIR's noise: the SPACE box is
+   the fixed image, the FLAIR box (with a wider margin for the motion) the moving one; the
+   start is the identity (the scanner's own alignment). This gets within about 0.2–0.6 mm.
+2. With the ear's TFS mask (from the SPACE): the rigid transform that maximizes the
+   correlation of the FLAIR with the TFS mask blurred like an acquisition, over the voxels
+   within 1.5 mm of the TFS (Powell, from stage 1). The perilymph is the FLAIR's bright
+   structure and the TFS its outline, so this locks onto the labyrinth itself, which the box
+   metric (dominated by bone, brain and CSF that look different in the two scans) does not.
+   On synthetic heads this brought the mean error over the TFS from 0.18–0.40 mm to
+   0.06–0.23 mm.
 
 Convention: :attr:`RigidResult.space_to_flair` maps SPACE world points (RAS mm) to FLAIR world
 points. It is what resamples the FLAIR onto a SPACE grid (:func:`flair_on_grid`), and, in
@@ -21,6 +30,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from ievnet_bids.geometry.extract import box_around, slab_data, slab_grid, sub_grid
 from ievnet_bids.geometry.roi import RoiGrid, resample
@@ -35,6 +45,12 @@ from ievnet_bids.localize.register import (
 FIXED_MARGIN_MM = 4.0  # around the ROI, in the SPACE
 MOVING_MARGIN_MM = 10.0  # around the ROI, in the FLAIR: room for the head's motion
 SAMPLING_RATE = 0.5
+PRESMOOTH_VOX = 1.0  # stage 1: Gaussian σ in voxels of each image
+REFINE_NEAR_MM = 1.5  # stage 2: voxels within this distance of the TFS
+REFINE_PSF_MM = 0.3  # stage 2: σ of the blur that turns the TFS mask into an expected image
+REFINE_SMOOTH_MM = 0.3  # stage 2: σ of the FLAIR's smoothing
+REFINE_STEP_VOX = 2  # stage 2: every 2nd ROI voxel along each axis (0.4 mm)
+REFINE_MAX_MM = 3.0  # stage 2 may move the TFS by at most this much (else stage 1 is kept)
 
 
 @dataclass(frozen=True)
@@ -85,7 +101,6 @@ def _mattes_mi(fixed, moving, space_to_flair_lps: np.ndarray | None) -> float:
     """ANTs' Mattes MI of ``moving`` resampled onto ``fixed`` (identity when None)."""
     import ants
 
-    warped = moving
     if space_to_flair_lps is not None:
         tx = ants.create_ants_transform(
             transform_type="AffineTransform",
@@ -103,18 +118,45 @@ def register_flair(
     space_img: nib.spatialimages.SpatialImage,
     flair_img: nib.spatialimages.SpatialImage,
     roi: RoiGrid,
+    tfs: np.ndarray | None = None,
     *,
     seed: int = 1,
 ) -> RigidResult:
-    """Rigid MI registration of the FLAIR to the SPACE on a box around ``roi`` (module doc)."""
-    itk_single_threaded()  # ANTsPy with ITK on one thread: reproducible
-    from ants.internal import get_lib_fn, get_pointer_string, process_arguments
-
+    """Rigid registration of the FLAIR to the SPACE around ``roi`` (module doc); ``tfs``: the
+    ear's TFS mask on ``roi`` (stage 2 runs only with it)."""
     t0 = time.perf_counter()
     fdata, faff = _box_image(space_img, roi, FIXED_MARGIN_MM)
     mdata, maff = _box_image(flair_img, roi, MOVING_MARGIN_MM)
-    fixed = to_ants(normalise_intensity(fdata), faff)
-    moving = to_ants(normalise_intensity(mdata), maff)
+    fixed = to_ants(normalise_intensity(ndimage.gaussian_filter(fdata, PRESMOOTH_VOX)), faff)
+    moving = to_ants(normalise_intensity(ndimage.gaussian_filter(mdata, PRESMOOTH_VOX)), maff)
+    lps = _mi_stage(fixed, moving, seed)
+    coarse = LPS @ lps @ LPS
+    space_to_flair, refined_mm, corr = coarse, float("nan"), float("nan")
+    if tfs is not None and np.any(tfs):
+        fine, corr = refine_on_tfs(flair_img, roi, np.asarray(tfs, bool), coarse)
+        pts = np.c_[roi.voxel_to_world(np.argwhere(tfs)), np.ones(int(np.count_nonzero(tfs)))]
+        moved = np.linalg.norm((pts @ fine.T - pts @ coarse.T)[:, :3], axis=1)
+        refined_mm = float(moved.mean())
+        if moved.max() <= REFINE_MAX_MM:
+            space_to_flair = fine
+    centre = np.append(roi.centre_mm, 1.0)
+    return RigidResult(
+        space_to_flair=space_to_flair,
+        rotation_deg=_rotation_angle_deg(space_to_flair),
+        translation_mm=float(np.linalg.norm((space_to_flair @ centre - centre)[:3])),
+        mi_before=_mattes_mi(fixed, moving, None),
+        mi_after=_mattes_mi(fixed, moving, lps),
+        refined_mm=refined_mm,
+        tfs_correlation=corr,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _mi_stage(fixed, moving, seed: int) -> np.ndarray:
+    """Stage 1: ``antsRegistration`` rigid MI; the SPACE → FLAIR map in LPS."""
+    itk_single_threaded()  # ANTsPy with ITK on one thread: reproducible
+    from ants.internal import get_lib_fn, get_pointer_string, process_arguments
+
     fs, ms = get_pointer_string(fixed), get_pointer_string(moving)
     with tempfile.TemporaryDirectory(prefix="ievnet_flair_") as tmp:
         prefix = os.path.join(tmp, "tx_")
@@ -122,9 +164,9 @@ def register_flair(
             "--dimensionality", "3",
             "--metric", f"MI[{fs},{ms},1,32,Regular,{SAMPLING_RATE}]",
             "--transform", "Rigid[0.1]",
-            "--convergence", "[200x100x50,1e-7,10]",
-            "--shrink-factors", "4x2x1",
-            "--smoothing-sigmas", "1x0.5x0vox",
+            "--convergence", "[200x100,1e-7,10]",
+            "--shrink-factors", "2x1",
+            "--smoothing-sigmas", "1x0vox",
             "--output", prefix,
             "--random-seed", str(int(seed)),
             "--float", "1",
@@ -135,17 +177,52 @@ def register_flair(
         mats = sorted(Path(tmp).glob("tx_*GenericAffine.mat"))
         if not mats:
             raise RuntimeError("antsRegistration wrote no rigid transform")
-        lps = ants_affine_to_matrix(mats[0])
-    space_to_flair = LPS @ lps @ LPS
-    centre = np.append(roi.centre_mm, 1.0)
-    return RigidResult(
-        space_to_flair=space_to_flair,
-        rotation_deg=_rotation_angle_deg(space_to_flair),
-        translation_mm=float(np.linalg.norm((space_to_flair @ centre - centre)[:3])),
-        mi_before=_mattes_mi(fixed, moving, None),
-        mi_after=_mattes_mi(fixed, moving, lps),
-        seconds=time.perf_counter() - t0,
+        return ants_affine_to_matrix(mats[0])
+
+
+def refine_on_tfs(
+    flair_img: nib.spatialimages.SpatialImage,
+    roi: RoiGrid,
+    tfs: np.ndarray,
+    start: np.ndarray,
+) -> tuple[np.ndarray, float]:
+    """Stage 2 (module doc): the rigid SPACE → FLAIR map near ``start`` that best correlates
+    the FLAIR with the blurred TFS mask; returns (map, correlation)."""
+    from scipy import optimize
+    from scipy.spatial.transform import Rotation
+
+    flair = slab_grid(flair_img)
+    data = ndimage.gaussian_filter(
+        slab_data(flair_img), REFINE_SMOOTH_MM / np.asarray(flair.spacing)
     )
+    spacing = float(min(roi.spacing))
+    step = (slice(None, None, REFINE_STEP_VOX),) * 3
+    expected = ndimage.gaussian_filter(tfs.astype(np.float32), REFINE_PSF_MM / spacing)[step]
+    near = ndimage.distance_transform_edt(~tfs, sampling=spacing)[step] <= REFINE_NEAR_MM
+    world = roi.voxel_to_world(np.argwhere(near) * REFINE_STEP_VOX)
+    target = expected[near]
+    target = (target - target.mean()) / max(float(target.std()), 1e-6)
+    centre = world.mean(axis=0)
+    to_voxel = np.linalg.inv(flair.affine)
+
+    def matrix(p: np.ndarray) -> np.ndarray:
+        rot = Rotation.from_rotvec(np.deg2rad(p[:3])).as_matrix()
+        m = np.eye(4)
+        m[:3, :3] = rot
+        m[:3, 3] = centre - rot @ centre + p[3:]
+        return start @ m
+
+    def cost(p: np.ndarray) -> float:
+        m = to_voxel @ matrix(p)
+        vox = world @ m[:3, :3].T + m[:3, 3]
+        v = ndimage.map_coordinates(data, vox.T, order=1, mode="nearest")
+        v = (v - v.mean()) / max(float(v.std()), 1e-6)
+        return -float(np.mean(v * target))
+
+    res = optimize.minimize(
+        cost, np.zeros(6), method="Powell", options={"xtol": 1e-3, "ftol": 1e-6, "maxfev": 3000}
+    )
+    return matrix(res.x), -float(res.fun)
 
 
 def flair_on_grid(
