@@ -59,8 +59,10 @@ class RigidResult:
 
     ``space_to_flair``: 4×4 rigid map, SPACE world → FLAIR world (RAS mm); ``rotation_deg``
     and ``translation_mm``: its size (angle of the rotation; translation at the ROI centre);
-    ``mi_before``/``mi_after``: ANTs' Mattes MI (lower is better) at the identity and at the
-    result; ``seconds``: wall time.
+    ``mi_before``/``mi_after``: ANTs' Mattes MI (lower is better) at the identity and after
+    stage 1; ``refined_mm``: how far stage 2 moved the TFS (mean over its voxels; NaN when it
+    did not run); ``tfs_correlation``: stage 2's final correlation (NaN without it);
+    ``seconds``: wall time.
     """
 
     space_to_flair: np.ndarray
@@ -68,6 +70,8 @@ class RigidResult:
     translation_mm: float
     mi_before: float
     mi_after: float
+    refined_mm: float
+    tfs_correlation: float
     seconds: float
 
     def summary(self) -> dict[str, float]:
@@ -76,6 +80,8 @@ class RigidResult:
             "translation_mm": round(self.translation_mm, 3),
             "mi_before": round(self.mi_before, 5),
             "mi_after": round(self.mi_after, 5),
+            "refined_mm": round(self.refined_mm, 3),
+            "tfs_correlation": round(self.tfs_correlation, 4),
             "seconds": round(self.seconds, 2),
         }
 
