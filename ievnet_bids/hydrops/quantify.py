@@ -1,9 +1,11 @@
 """One ear's hydrops quantification: FLAIR → SPACE, structures, ELS, ELS%.
 
 Everything happens on the ear's 0.2 mm ROI grid (the grid of its TFS mask): the FLAIR is
-registered to the SPACE around the ROI (:mod:`.register`), resampled onto the ROI grid,
-the TFS is split into cochlea, vestibule and canals (:mod:`.structures`), and the ELS is
-found inside the TFS (:mod:`.els`). Volumes are counted on that grid.
+registered to the SPACE around the ROI (:mod:`.register`), resampled onto the ROI grid and
+the ELS found inside the TFS (:mod:`.els`); then the registration is refined on the
+perilymph alone (TFS minus that ELS, :data:`ELS_AWARE_ROUNDS` times), because a dark ELS
+pulls an alignment on the whole TFS off by a few tenths of a millimetre. The TFS is split
+into cochlea, vestibule and canals (:mod:`.structures`). Volumes are counted on that grid.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ from scipy import ndimage
 from ievnet_bids.geometry.extract import map_back
 from ievnet_bids.geometry.roi import RoiGrid
 from ievnet_bids.hydrops.els import ElsParams, els_percent, segment_els
-from ievnet_bids.hydrops.register import flair_on_grid, register_flair
+from ievnet_bids.hydrops.register import flair_on_grid, refine_on_tfs, register_flair
 from ievnet_bids.hydrops.structures import STRUCTURE_LABELS, label_structures
 from ievnet_bids.records import EarHydrops
 
 METHOD = "ievnet-volt"
 """Name of the ELS method in records and sidecars (:mod:`ievnet_bids.hydrops.els`)."""
+ELS_AWARE_ROUNDS = 2
+"""Rounds of registration refinement on the perilymph (TFS minus the ELS found so far): on
+8 synthetic tuning ears the mean error over the TFS fell from 0.16–0.40 mm (0.28 mean, box
+MI alone) to 0.04–0.21 mm (0.09 mean)."""
 
 
 @dataclass(frozen=True)
@@ -57,10 +63,16 @@ def quantify_ear(
     tfs = np.asarray(tfs, bool)
     spacing = float(min(grid.spacing))
     voxel_mm3 = float(np.prod(grid.spacing))
-    reg = register_flair(space_img, flair_img, grid)
-    flair = flair_on_grid(flair_img, reg.space_to_flair, grid)
+    reg = register_flair(space_img, flair_img, grid, tfs)
+    space_to_flair = reg.space_to_flair
     voxel = flair_voxel_size(flair_img)
+    flair = flair_on_grid(flair_img, space_to_flair, grid)
     els = segment_els(flair, tfs, spacing_mm=spacing, flair_voxel_mm=voxel, params=params)
+    # the ELS is dark in the FLAIR: re-align on the perilymph (TFS minus ELS), re-segment
+    for _ in range(ELS_AWARE_ROUNDS):
+        space_to_flair, _ = refine_on_tfs(flair_img, grid, tfs & ~els.mask, space_to_flair)
+        flair = flair_on_grid(flair_img, space_to_flair, grid)
+        els = segment_els(flair, tfs, spacing_mm=spacing, flair_voxel_mm=voxel, params=params)
     parts = label_structures(tfs, grid.affine, side)
     structures: dict[str, dict[str, float]] = {}
     for value, name in STRUCTURE_LABELS.items():
@@ -76,7 +88,12 @@ def quantify_ear(
         els_volume_mm3=_round(np.count_nonzero(els.mask) * voxel_mm3),
         els_percent=_round(els_percent(els.mask, tfs), 2),
         structures=structures,
-        registration={**reg.summary(), "space_to_flair": reg.space_to_flair.tolist()},
+        registration={
+            **reg.summary(),
+            "els_aware_rounds": ELS_AWARE_ROUNDS,
+            "els_aware_moved_mm": _round(_mean_move(reg.space_to_flair, space_to_flair, grid, tfs)),
+            "space_to_flair": space_to_flair.tolist(),
+        },
         template_dice=_round(parts.template_dice),
         flair_voxel_mm=_round(voxel),
         perilymph_level=_round(els.perilymph_level),
@@ -84,6 +101,14 @@ def quantify_ear(
         method={"name": METHOD, **params.summary()},
     )
     return record, EarHydropsMaps(flair, els.mask, parts.labels)
+
+
+def _mean_move(a: np.ndarray, b: np.ndarray, grid: RoiGrid, mask: np.ndarray) -> float:
+    """Mean distance (mm) between two maps of the voxels of ``mask``."""
+    if not mask.any():
+        return float("nan")
+    pts = np.c_[grid.voxel_to_world(np.argwhere(mask)), np.ones(int(np.count_nonzero(mask)))]
+    return float(np.linalg.norm((pts @ (a - b).T)[:, :3], axis=1).mean())
 
 
 def els_on_slab(
