@@ -104,7 +104,7 @@ def test_structures_tile_the_tfs_of_each_ear(run) -> None:
         roi = _data(_derivative(run, "01", D.ROI_STRUCTURES_DSEG, desc=side))
         roi_tfs = _data(_derivative(run, "01", D.ROI_MASK, desc=side)) > 0
         assert np.array_equal(roi > 0, roi_tfs)
-    assert (run["out"] / "desc-structures_dseg.tsv").read_text().count("\n") == 7
+    assert (run["out"] / "desc-structures_dseg.tsv").read_text().count("\n") == 1 + 7
     _, rows = _table(_derivative(run, "01", D.VOLUMES))
     for side in SIDES:
         parts = sum(
