@@ -14,9 +14,10 @@ so the links can go.
 Nothing is downloaded, ever:
 
 * TemplateFlow's ``get`` fetches any listed file that is missing or empty (a cache's 0-byte
-  stubs, an un-fetched DataLad link) from S3. :func:`local_files` refuses such files first
-  (:class:`TemplateNotDownloadedError`), and the client's S3 root is a URL no HTTP library
-  can open (:data:`OFFLINE_S3_ROOT`), so even a file that slipped through fails without a
+  stubs, an un-fetched DataLad link) from S3. :func:`local_files` calls it only when every
+  match is on disk, else it skips the stubs (or refuses, :class:`TemplateNotDownloadedError`,
+  when nothing matching was fetched), and the client's S3 root is a URL no HTTP library can
+  open (:data:`OFFLINE_S3_ROOT`), so even a file that slipped through fails without a
   connection; DataLad and auto-update are off.
 * Importing ``templateflow`` binds ``templateflow.api`` to ``$TEMPLATEFLOW_HOME`` and, when
   that folder is missing or empty, unpacks TemplateFlow's skeleton (thousands of stub files)
@@ -177,23 +178,28 @@ def _problem(path: Path) -> str | None:
 
 
 def local_files(client: TemplateFlowClient, template: str, **query: Any) -> list[Path]:
-    """Real paths of the files of ``template`` that match ``query`` (TemplateFlow entities,
-    e.g. ``suffix="T1w", desc=None``), sorted; ``[]`` when none match.
+    """Real paths of the downloaded files of ``template`` that match ``query`` (TemplateFlow
+    entities, e.g. ``suffix="T1w", desc=None``), sorted; ``[]`` when none match.
 
-    Only files already on disk are returned: stubs raise :class:`TemplateNotDownloadedError`
-    instead of being fetched.
+    Nothing is fetched. When every match is on disk they come from TemplateFlow's ``get``;
+    when some are stubs (a partly downloaded cache: e.g. ``res-01`` fetched, ``res-02`` not)
+    the downloaded ones are returned from the listing (``get`` would try to fetch the rest);
+    when all are stubs, :class:`TemplateNotDownloadedError`.
     """
     listed = client.ls(template, **query)
     if not listed:
         return []
     stubs = [(p, why) for p in listed if (why := _problem(p)) is not None]
-    if stubs:
+    if len(stubs) == len(listed):
         path, why = stubs[0]
         raise TemplateNotDownloadedError(
             f"template {template!r} in {describe_home()}: {path.name} is {why}; ievnet-bids "
             "never downloads: fetch it on a machine with network access, e.g. python -c "
             f"\"from templateflow import api; api.get('{template}')\""
         )
+    if stubs:
+        stubbed = {p for p, _ in stubs}
+        return sorted(p.resolve() for p in listed if p not in stubbed)
     try:
         found = client.get(template, **query)
     except Exception as err:  # a download attempt that the offline S3 root stopped

@@ -3,9 +3,9 @@
 A small TemplateFlow cache is built here: ``tpl-posedhead`` is the shipped mean head moved by
 a known rigid transform (10° about an oblique axis, 15 mm) and resampled onto its own
 axis-aligned grid, without a landmark file, so its ear landmarks must come from registering
-the shipped head to it; ``tpl-posedheadlm`` is the same image with its own landmark file;
-``tpl-stub`` lists a head image that was never downloaded (0 bytes); ``tpl-brainonly`` has
-only a skull-stripped image.
+the shipped head to it; ``tpl-posedheadlm`` is the same image with its own landmark file (and
+a never-fetched stub of a second resolution); ``tpl-stub`` lists a head image that was never
+downloaded (0 bytes); ``tpl-brainonly`` has only a skull-stripped image.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def templateflow_home(tmp_path_factory) -> dict:
     data = resample(np.asarray(t1.dataobj, np.float32), pose @ t1.affine, grid, order=1)
     posed = nib.Nifti1Image(np.round(data).clip(0, 32767).astype(np.int16), grid.affine)
     _write_template(home, "posedhead", {"res-01_T1w": posed})
-    folder = _write_template(home, "posedheadlm", {"res-01_T1w": posed})
+    # partly downloaded, as caches often are: res-02 listed (a stub) but never fetched
+    folder = _write_template(home, "posedheadlm", {"res-01_T1w": posed, "res-02_T1w": None})
     truth = _moved(landmarks, pose)
     rows = ["name\tx\ty\tz\tuncertainty_mm"]
     for side in SIDES:
@@ -170,6 +171,7 @@ def test_landmarks_are_registered_onto_a_posed_head(templateflow_home, tmp_path,
 def test_a_templates_own_landmark_file_is_used(templateflow_home, monkeypatch):
     monkeypatch.setenv("TEMPLATEFLOW_HOME", str(templateflow_home["home"]))
     template = prepare_template("posedheadlm")
+    assert Path(template.head_image).name == "tpl-posedheadlm_res-01_T1w.nii.gz"  # not the stub
     assert template.landmarks_source == "file"
     assert template.derivation is None
     assert template.uncertainty_mm == {"inner_ear_left": 2.0, "inner_ear_right": 2.0}
