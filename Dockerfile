@@ -51,7 +51,8 @@ COPY --from=build /opt/venv /opt/venv
 # Threads: one per process unless asked; ievnet-bids sets torch's thread count from
 # --omp-nthreads (ITK, for the registration, always runs on one: reproducible).
 # Caches: /tmp, writable under Singularity/Apptainer whatever HOME is.
-# NIPYPE_NO_ET: no version check over the network.
+# NIPYPE_NO_ET: no version check over the network. TEMPLATEFLOW_HOME is left unset: the shipped
+# template needs no cache; to use another (--template), mount a TemplateFlow cache and set it.
 ENV PATH=/opt/venv/bin:${PATH} \
     HOME=/home/ievnet \
     OMP_NUM_THREADS=1 \
@@ -68,8 +69,10 @@ ENV PATH=/opt/venv/bin:${PATH} \
 USER 1000:1000
 WORKDIR /tmp
 
-# Smoke test of the runtime stage (shared libraries present), leaving nothing behind in /tmp.
+# Smoke test of the runtime stage (shared libraries present; the shipped template resolves
+# through TemplateFlow with no cache mounted), leaving nothing behind in /tmp.
 RUN python -c "import ants, bids, nipype, torch; import ievnet_bids.workflows.participant" \
+ && python -c "from ievnet_bids.templates import shipped_template; shipped_template()" \
  && ievnet-bids --version \
  && rm -rf /tmp/* "${HOME:?}/.nipype" "${HOME:?}/.cache"
 

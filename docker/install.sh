@@ -4,7 +4,7 @@
 #   docker/install.sh SRC_DIR
 #
 # SRC_DIR holds pyproject.toml, requirements.lock, README.md, LICENSE, ievnet_bids/ and
-# data/templates/. The Dockerfile runs this script in its build stage; tests/test_container.py
+# data/templates/ (TemplateFlow folders, tpl-<name>/). The Dockerfile runs this script in its build stage; tests/test_container.py
 # runs the same script in a fresh virtual environment.
 #
 # Environment:
@@ -43,12 +43,13 @@ from pathlib import Path
 import nilearn
 
 from ievnet_bids.resources import default_model_path, templates_dir
+from ievnet_bids.templates import shipped_template
 
 site = Path(sysconfig.get_paths()["purelib"]).resolve()
-for path in (default_model_path(), templates_dir()):
+head = Path(shipped_template().head_image)  # the TemplateFlow query, offline
+for path in (default_model_path(), templates_dir(), head):
     assert site in path.resolve().parents, f"{path} is not inside {site}"
 assert default_model_path().is_file(), default_model_path()
-assert any(templates_dir().glob("*_T1w.nii.gz")), templates_dir()
 mni = Path(nilearn.__file__).parent / "datasets" / "data"
 assert (mni / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz").is_file(), mni
 print("ievnet-bids installed: model", default_model_path(), "templates", templates_dir())

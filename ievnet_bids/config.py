@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import tempfile
 import time
 import tomllib
@@ -21,6 +22,7 @@ from typing import Any, Literal
 
 from ievnet_bids import __version__
 from ievnet_bids.atomic import write_text_atomic
+from ievnet_bids.resources import SHIPPED_TEMPLATE
 
 AnalysisLevel = Literal["participant", "group"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -49,6 +51,8 @@ ROLES: tuple[str, ...] = ("slab", "head", "flair")
 delayed-gadolinium FLAIR (hydrops)."""
 DEFAULT_ACQ: tuple[str, ...] = ("space", "ciss", "spc", "drive", "fiesta", "3dspace", "t2space")
 """``acq-`` labels (case-insensitive) that mark a T2w image as a heavily T2-weighted slab."""
+TEMPLATE_NAME_RE = re.compile(r"^[a-zA-Z0-9]+$")
+"""A TemplateFlow template name (the ``<name>`` of ``tpl-<name>``)."""
 TOML_NONE = "__none__"
 """How a ``null`` filter value (pybids ``Query.NONE``) is spelled in TOML, which has no null."""
 
@@ -97,6 +101,7 @@ class RunConfig:
     precision: Precision = "auto"
     localizer: Localizer = "auto"
     landmarks_file: Path | None = None
+    template: str = SHIPPED_TEMPLATE  # TemplateFlow name of the template localizer's head
     skip_bids_validation: bool = False
     bids_database_dir: Path | None = None
     stop_on_first_crash: bool = False
@@ -120,6 +125,8 @@ class RunConfig:
             raise ValueError(f"unknown bids_filters role(s) {sorted(unknown)}; expected {ROLES}")
         if self.localizer == "landmarks" and self.landmarks_file is None:
             raise ValueError("localizer 'landmarks' needs landmarks_file")
+        if not TEMPLATE_NAME_RE.match(self.template):
+            raise ValueError(f"template must be a TemplateFlow name, not {self.template!r}")
 
     # ------------------------------------------------------------------ derived values
     def model_path(self) -> Path:

@@ -74,6 +74,7 @@ def stage_slab_outputs(
     inference: dict[str, Any] | None = None,
     rois: dict[str, dict[str, Path]] | None = None,
     hydrops: HydropsOutputs | None = None,
+    template: str | None = None,
 ) -> tuple[dict[Path, Path], list[dict[str, Any]]]:
     """Write all derivatives of ``slab`` into ``stage_dir``.
 
@@ -83,7 +84,8 @@ def stage_slab_outputs(
     holds the ROI-grid ``image``, ``prob`` and ``mask`` (the network's own 0.2 mm grid), staged
     as ``space-ROI`` derivatives with their ROI-to-slab transform. ``hydrops`` (sessions with
     a FLAIR) adds the ELS masks, the structures, the FLAIR → T2w transforms, the FLAIR on the
-    ROI grids and the hydrops columns of the volumes table. Returns
+    ROI grids and the hydrops columns of the volumes table. ``template``: the template the
+    localizer registered, named in every segmentation sidecar. Returns
     ``({staged: destination}, volume rows)``.
     """
     slab_img = nib.load(str(slab))
@@ -106,6 +108,7 @@ def stage_slab_outputs(
             "localizer": localizer,
             "extra_sources": extra,
             "inference": inference,
+            "template": template,
         }
         staging.nifti(
             image_like(mask, slab_img, np.uint8),
@@ -151,12 +154,13 @@ def stage_slab_outputs(
             localizer=localizer,
             extra_sources=extra,
             inference=inference,
+            template=template,
         ),
         **D.TFS_DSEG.entities(),
     )
     if hydrops is not None:
         provenance = {"model_name": model_name, "model_sha256": model_sha256,
-                      "localizer": localizer, "inference": inference,
+                      "localizer": localizer, "inference": inference, "template": template,
                       "extra_sources": (*extra, hydrops.flair)}  # fmt: skip
         _stage_structures(staging, slab, slab_img, hydrops, provenance)
     staging.tsv(rows, **D.VOLUMES.entities())

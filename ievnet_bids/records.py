@@ -52,6 +52,8 @@ class Localization:
     score: dict[str, float]
     seconds: dict[str, float] = field(default_factory=dict)
     registration: dict[str, Any] | None = None
+    # the template localizer's template: name, landmarks_source, ear_uncertainty_mm, ...
+    template: dict[str, Any] | None = None
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
         """JSON text; also written (atomically) to ``path`` when given."""

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+SHIPPED_TEMPLATE = "meanhead"
+"""TemplateFlow name of the shipped full-head template (``tpl-meanhead/``), the default."""
 
 
 def templates_dir() -> Path:
-    """Folder of full-head templates and ear landmarks (top-level ``data/templates``).
+    """Folder of the shipped TemplateFlow template folders (``tpl-<name>/``; top-level
+    ``data/templates``), read through :mod:`ievnet_bids.templates`.
 
     A wheel carries it as ``ievnet_bids/_data/templates``; a source checkout or editable
     install reads it from the repository root.

@@ -4,9 +4,11 @@
     python -m zipfile -e /tmp/pyd/pydeface-2.1.0-py3-none-any.whl /tmp/pyd/x
     python scripts/make_meanhead.py /tmp/pyd/x/pydeface/data/mean_reg2mean.nii.gz
 
-Writes, next to this file: ``tpl-meanhead_res-1p5_T1w.nii.gz``,
-``tpl-meanhead_res-1p5_desc-T2like.nii.gz``, ``tpl-meanhead_landmarks.tsv`` and
-``figures/landmarks_*.png``. See README.md for the method. Not imported by the package.
+Writes into ``data/templates/``: the TemplateFlow folder ``tpl-meanhead/`` (its
+``tpl-meanhead_res-01_T1w.nii.gz``, ``tpl-meanhead_res-01_desc-T2like_T2w.nii.gz`` and
+``tpl-meanhead_landmarks.tsv``; ``template_description.json``, the landmarks' sidecar and the
+licence are kept by hand) and ``figures/landmarks_*.png``. See data/templates/README.md for
+the method. Not imported by the package.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from scipy import ndimage
 from ievnet_bids.atomic import staged, write_text_atomic
 
 HERE = Path(__file__).resolve().parents[1] / "data" / "templates"
+TEMPLATE = HERE / "tpl-meanhead"  # a TemplateFlow folder: res-01 is the 1.5 mm grid
 SPACING = 1.5  # mm
 PAD_MM = 5.0
 
@@ -270,11 +273,11 @@ def main(source: str) -> None:
     t1, head = t1[sl], head[sl]
     t1 = np.round(t1)  # what the int16 file holds
     t2 = t2like(t1, head)
-    save_int16(t1, affine, HERE / "tpl-meanhead_res-1p5_T1w.nii.gz")
-    save_int16(t2, affine, HERE / "tpl-meanhead_res-1p5_desc-T2like.nii.gz")
+    save_int16(t1, affine, TEMPLATE / "tpl-meanhead_res-01_T1w.nii.gz")
+    save_int16(t2, affine, TEMPLATE / "tpl-meanhead_res-01_desc-T2like_T2w.nii.gz")
     lm = landmarks(t1, affine)
     print("mid-sagittal yaw (deg):", lm["_yaw_deg"][0])
-    write_landmarks(lm, HERE / "tpl-meanhead_landmarks.tsv")
+    write_landmarks(lm, TEMPLATE / "tpl-meanhead_landmarks.tsv")
     for p in draw_figures(t1, np.round(t2), affine, lm, HERE / "figures"):
         print(p, p.stat().st_size)
     for k, v in lm.items():

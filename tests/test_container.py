@@ -290,13 +290,14 @@ import ievnet_bids, torch
 import ievnet_bids.workflows.participant  # every dependency importable
 from ievnet_bids.resources import default_model_path, templates_dir
 from ievnet_bids.synth.background import mni_tissue_maps
+from ievnet_bids.templates import shipped_template
 gm, wm, _ = mni_tissue_maps()  # nilearn's MNI maps: inside the nilearn wheel
 print(json.dumps({
     "site": sysconfig.get_paths()["purelib"], "package": ievnet_bids.__file__,
     "version": ievnet_bids.__version__, "torch": torch.__version__,
     "model": str(default_model_path()), "model_ok": default_model_path().is_file(),
     "templates": str(templates_dir()),
-    "template_files": sorted(p.name for p in templates_dir().glob("*.nii.gz")),
+    "template_head": shipped_template().head_image,  # resolved through TemplateFlow, offline
     "mni_shape": list(gm.shape),
 }))
 """
@@ -311,10 +312,10 @@ print(json.dumps({
     )
     info = json.loads(out.stdout.strip().splitlines()[-1])
     site = Path(info["site"]).resolve()
-    for key in ("package", "model", "templates"):
+    for key in ("package", "model", "templates", "template_head"):
         assert site in Path(info[key]).resolve().parents, (key, info[key], site)
     assert info["model_ok"]
-    assert "tpl-meanhead_res-1p5_T1w.nii.gz" in info["template_files"]
+    assert Path(info["template_head"]).name == "tpl-meanhead_res-01_T1w.nii.gz"
     assert info["version"] == _pyproject()["project"]["version"]
     assert info["torch"].startswith(defaults["TORCH_VERSION"])
     assert len(info["mni_shape"]) == 3

@@ -143,6 +143,8 @@ def test_masks_overlay_the_source_grid_exactly(run):
             assert sidecar["SpatialReference"].startswith("bids:raw:")
             assert sidecar["FlipTTA"] is True and sidecar["ProbabilityThreshold"] == 0.5
             assert sidecar["NetworkPrecision"] == "fp32"  # CPU default
+            assert sidecar["Localizer"] == "template"
+            assert sidecar["LocalizationTemplate"] == "meanhead"  # the default, shipped
 
 
 def test_outputs_pass_the_bids_validator(run):

@@ -286,13 +286,15 @@ def segmentation_sidecar(
     dataset_root: str | Path | None = None,
     dataset_name: str = "raw",
     inference: Mapping[str, Any] | None = None,
+    template: str | None = None,
 ) -> dict[str, Any]:
     """Sidecar of a ``space-orig`` segmentation (mask, probseg, dseg) of ``source``.
 
     ``Sources``: BIDS URIs of ``source`` and ``extra_sources`` (e.g. the head image used for
     localization); ``SpatialReference``: ``source``'s URI. ``centre_mm``: ROI centre in
     scanner mm (``side`` given) or ``None``. ``inference``: extra provenance keys such as
-    ``ProbabilityThreshold`` and ``FlipTTA``.
+    ``ProbabilityThreshold`` and ``FlipTTA``. ``template``: TemplateFlow name of the template
+    the localizer registered (``LocalizationTemplate``; absent when none was used).
     """
     root = Path(dataset_root) if dataset_root is not None else dataset_root_of(source)
     src = bids_uri(source, root, dataset_name)
@@ -309,6 +311,8 @@ def segmentation_sidecar(
     out["ModelName"] = model_name
     out["ModelSHA256"] = model_sha256
     out["Localizer"] = localizer
+    if template is not None:
+        out["LocalizationTemplate"] = template
     out.update(inference or {})
     if centre_mm is not None:
         centre = [float(v) for v in centre_mm]
@@ -329,6 +333,7 @@ def mask_sidecar(
     extra_sources: Sequence[str | Path] = (),
     dataset_root: str | Path | None = None,
     inference: Mapping[str, Any] | None = None,
+    template: str | None = None,
 ) -> dict[str, Any]:
     """Sidecar of a ``label-TFS_desc-<side>_mask``: ``Type: "ROI"`` plus provenance."""
     return {
@@ -343,6 +348,7 @@ def mask_sidecar(
             extra_sources=extra_sources,
             dataset_root=dataset_root,
             inference=inference,
+            template=template,
         ),
     }
 

@@ -22,10 +22,12 @@ from ievnet_bids.config import (
     LOCALIZERS,
     PRECISION_HELP,
     PRECISIONS,
+    TEMPLATE_NAME_RE,
     RunConfig,
     available_cpus,
     default_work_dir,
 )
+from ievnet_bids.resources import SHIPPED_TEMPLATE
 
 PROG = "ievnet-bids"
 LABEL_RE = re.compile(r"^[a-zA-Z0-9]+$")
@@ -72,6 +74,16 @@ def _label(prefix: str):
 
     parse.__name__ = f"{prefix.rstrip('-')} label"
     return parse
+
+
+def _template_name(text: str) -> str:
+    name = text.strip().removeprefix("tpl-")
+    if not TEMPLATE_NAME_RE.match(name):
+        raise argparse.ArgumentTypeError(
+            f"invalid template name {text!r} (a TemplateFlow name: letters and digits, "
+            "optional 'tpl-' prefix)"
+        )
+    return name
 
 
 def _acq_label(text: str) -> str:
@@ -204,6 +216,16 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "(scanner RAS mm); required with --localizer landmarks",
     )
     g.add_argument(
+        "--template",
+        type=_template_name,
+        default=SHIPPED_TEMPLATE,
+        metavar="NAME",
+        help="full-head template of the template localizer, by TemplateFlow name: the shipped "
+        "%(default)s (default) or any template in $TEMPLATEFLOW_HOME with a whole-head T1w or "
+        "T2w image (its tpl-NAME_landmarks.tsv gives the ear landmarks; without one, the "
+        "shipped head is registered to it once); nothing is downloaded",
+    )
+    g.add_argument(
         "--reference-dir",
         type=Path,
         metavar="DIR",
@@ -295,6 +317,25 @@ def _check_landmarks(path: Path, parser: argparse.ArgumentParser) -> None:
         parser.error(f"landmarks file {path}: unreadable ({err})")
 
 
+def _check_template(name: str, parser: argparse.ArgumentParser) -> None:
+    """Template ``name`` is shipped or cached, with a head image and readable landmarks."""
+    from ievnet_bids.templates import (
+        TemplateError,
+        TemplateNotFoundError,
+        find_template,
+        read_landmark_table,
+    )
+
+    try:
+        files = find_template(name)
+        if files.landmarks_file is not None:
+            read_landmark_table(files.landmarks_file)
+    except TemplateNotFoundError as err:
+        raise MissingInputError(str(err)) from None
+    except TemplateError as err:
+        parser.error(str(err))
+
+
 def _unique(values: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values or ()))
 
@@ -331,11 +372,15 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
         parser.error(f"--landmarks-file is not used with --localizer {ns.localizer}")
     if ns.reference_dir and ns.analysis_level != "group":
         parser.error("--reference-dir is only used at the group level")
+    if ns.template != SHIPPED_TEMPLATE and ns.localizer in ("detect", "landmarks"):
+        parser.error(f"--template is not used with --localizer {ns.localizer}")
 
     # files named by options: missing → MissingInputError (66), unusable → usage error
     filters = _read_filters(_abs(ns.bids_filter_file), parser) if ns.bids_filter_file else {}
     if landmarks is not None:
         _check_landmarks(landmarks, parser)
+    if ns.template != SHIPPED_TEMPLATE and ns.analysis_level == "participant":
+        _check_template(ns.template, parser)
     model = _abs(ns.model) if ns.model else None
     if model is not None and not model.is_file():
         raise MissingInputError(f"model file not found: {model}")
@@ -361,6 +406,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
         precision=ns.precision,
         localizer=ns.localizer,
         landmarks_file=landmarks,
+        template=ns.template,
         skip_bids_validation=ns.skip_bids_validation,
         bids_database_dir=_abs(ns.bids_database_dir) if ns.bids_database_dir else None,
         stop_on_first_crash=ns.stop_on_first_crash,

@@ -42,8 +42,16 @@ def _run_level(
     config: RunConfig, inputs: Sequence[SubjectInputs] = (), n_unusable: int = 0
 ) -> ExitCode:
     """Run the level; ``n_unusable`` units already failed the input check (and said why)."""
+    from ievnet_bids.templateflow_offline import TemplateError, TemplateNotFoundError
+
     try:
         failures = run_level(config, inputs) if inputs or n_unusable == 0 else {}
+    except TemplateNotFoundError as err:  # --template: gone since the command line was read
+        LOG.error("required input missing: %s", err)
+        return ExitCode.MISSING_INPUT
+    except TemplateError as err:  # --template: its landmarks cannot be found or derived
+        LOG.error("--template %s: %s", config.template, err)
+        return ExitCode.USAGE
     except Exception:
         LOG.exception("the run failed")
         return ExitCode.SUBJECT_FAILED

@@ -104,6 +104,7 @@ class SlabDerivativesSink(SimpleInterface):
             inference=seg.inference,
             rois=rois,
             hydrops=hydrops,
+            template=(loc.template or {}).get("name"),
         )
         publish(staged)
         self._results["out_files"] = [str(d) for d in staged.values()]

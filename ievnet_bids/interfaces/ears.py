@@ -25,6 +25,9 @@ class _LocalizeInputSpec(BaseInterfaceInputSpec):
     head = File(exists=True, desc="full-head image for template registration")
     localizer = traits.Enum("auto", "template", "detect", "landmarks", usedefault=True)
     landmarks = traits.Str("", usedefault=True, desc="JSON {left: [x,y,z], right: [x,y,z]}")
+    template = traits.Str(
+        "", usedefault=True, desc="JSON HeadTemplate of the template localizer; empty: shipped"
+    )
     threads = traits.Int(1, usedefault=True)
 
 
@@ -40,12 +43,15 @@ class LocalizeEars(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ievnet_bids.localize.ears import localize_ears
+        from ievnet_bids.templates import HeadTemplate
 
+        template = self.inputs.template
         localization = localize_ears(
             Path(self.inputs.slab),
             head=Path(self.inputs.head) if self.inputs.head else None,
             localizer=self.inputs.localizer,
             landmarks=json.loads(self.inputs.landmarks) if self.inputs.landmarks else None,
+            template=HeadTemplate.from_json(template) if template else None,
             threads=self.inputs.threads,
         )
         out = Path(runtime.cwd) / "centres.json"

@@ -2,20 +2,23 @@
 
 Returns a :class:`ievnet_bids.records.Localization` (``localizer``, ``head_axes`` 3×3,
 ``initial``/``refined`` ``{"left": [x, y, z], ...}``, ``moved_mm``, ``method``, ``score``,
-``seconds``, ``registration``), the contract between the localization node and the rest of
-the workflow (``centres.json``).
+``seconds``, ``registration``, ``template``), the contract between the localization node and
+the rest of the workflow (``centres.json``).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
 
 from ievnet_bids.records import Localization
+
+if TYPE_CHECKING:
+    from ievnet_bids.templates import HeadTemplate
 
 SIDES = ("left", "right")
 
@@ -39,10 +42,15 @@ def localize_ears(
     head: Path | None = None,
     localizer: str = "auto",
     landmarks: dict[str, tuple[float, float, float]] | None = None,
+    template: HeadTemplate | None = None,
     threads: int = 1,
     search_mm: float = 20.0,
 ) -> Localization:
-    """Locate both labyrinths in ``slab`` (world mm) and refine each by a ±``search_mm`` search."""
+    """Locate both labyrinths in ``slab`` (world mm) and refine each by a ±``search_mm`` search.
+
+    ``template``: the full-head template of the ``template`` localizer (default: the shipped
+    one, :func:`ievnet_bids.templates.shipped_template`).
+    """
     from ievnet_bids.geometry.extract import head_rotation_from_affine
     from ievnet_bids.localize.refine import detect_ears, refine_centre
 
@@ -50,17 +58,22 @@ def localize_ears(
     slab_img = nib.load(str(slab))
     seconds: dict[str, float] = {}
     registration: dict[str, Any] | None = None
+    template_summary: dict[str, Any] | None = None
     t0 = time.perf_counter()
     head_axes = head_rotation_from_affine(slab_img.affine)
     if used == "template":
         from ievnet_bids.localize.register import register_template, template_ear_centres
+        from ievnet_bids.templates import shipped_template
 
-        transform = register_template(nib.load(str(head)))
+        template = template if template is not None else shipped_template()
+        transform = register_template(nib.load(str(head)), template=template)
         if not transform.info.get("plausible", True):
             raise LocalizationError(
-                f"{head}: template registration implausible (scales {transform.scales})"
+                f"{head}: registration of template {template.name} implausible "
+                f"(scales {transform.scales})"
             )
-        initial = template_ear_centres(transform)
+        initial = template_ear_centres(transform, template)
+        template_summary = template.summary()
         head_axes = transform.head_axes
         registration = {
             "affine": transform.affine.tolist(),
@@ -108,4 +121,5 @@ def localize_ears(
         score=score,
         seconds=seconds,
         registration=registration,
+        template=template_summary,
     )

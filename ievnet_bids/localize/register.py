@@ -1,4 +1,5 @@
-"""Coarse head registration: the shipped mean-head template T1 → the subject's head image.
+"""Coarse head registration: a full-head template (the shipped mean head by default) → the
+subject's head image.
 
 Both images are block-averaged to ~4 mm and intensity-normalised, then ``antsRegistration``
 (antspyx) runs a rigid and an affine stage (two resolutions each, few iterations; an optional
@@ -31,7 +32,7 @@ import nibabel as nib
 import numpy as np
 
 from ievnet_bids.geometry.extract import orthonormal
-from ievnet_bids.templates import load_template
+from ievnet_bids.templates import HeadTemplate, shipped_template
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS ↔ LPS (its own inverse)
 TARGET_SPACING_MM = 4.0
@@ -62,9 +63,9 @@ class TemplateTransform:
     ``affine``: 4×4 map; ``rotation``: its rigid part (polar decomposition of the linear part,
     det +1: the template's world axes in the subject's world); ``head_axes``: the head's
     anatomical axes in the subject's world (columns: left→right ear axis, posterior→anterior,
-    up; the template's own head frame, which is yawed ≈ −4°, carried by ``rotation``): use it
-    to orient ROIs; ``scales``: singular values of the linear part; ``seconds``: wall time of
-    :func:`register_template`; ``stages``: ANTs stages run.
+    up; the template's own head frame, e.g. the shipped one's, yawed ≈ −4°, carried by
+    ``rotation``): use it to orient ROIs; ``scales``: singular values of the linear part;
+    ``seconds``: wall time of :func:`register_template`; ``stages``: ANTs stages run.
     """
 
     affine: np.ndarray
@@ -79,15 +80,6 @@ class TemplateTransform:
         """(N, 3) or (3,) template world mm → subject world mm."""
         p = np.asarray(xyz, dtype=float)
         return p @ self.affine[:3, :3].T + self.affine[:3, 3]
-
-
-def template_head_axes(landmarks: dict[str, np.ndarray]) -> np.ndarray:
-    """3×3 head frame of the template (columns): x = horizontal left→right ear axis, z = up."""
-    ex = np.asarray(landmarks["inner_ear_right"], float) - landmarks["inner_ear_left"]
-    ex[2] = 0.0
-    ex /= np.linalg.norm(ex)
-    ez = np.array([0.0, 0.0, 1.0])
-    return np.stack([ex, np.cross(ez, ex), ez], axis=1)
 
 
 def downsample(
@@ -148,7 +140,7 @@ def ants_affine_to_matrix(path: str | Path) -> np.ndarray:
     return m
 
 
-def _stage_args(
+def stage_args(
     kind: str, fixed: str, moving: str, iterations: str, shrink: str, smooth: str
 ) -> list[str]:
     metric = f"MI[{fixed},{moving},1,32,Regular,{SAMPLING_RATE}]"
@@ -169,29 +161,30 @@ def _stage_args(
 def register_template(
     head_img: nib.spatialimages.SpatialImage,
     *,
-    template_img: nib.spatialimages.SpatialImage | None = None,
+    template: HeadTemplate | None = None,
     target_spacing_mm: float = TARGET_SPACING_MM,
     syn: bool = False,
     seed: int = 1,
 ) -> TemplateTransform:
-    """Affine registration of the template T1 (moving) to ``head_img`` (fixed, any head image).
+    """Affine registration of a template's head image (moving) to ``head_img`` (fixed, any
+    head image).
 
-    ``template_img`` defaults to the shipped mean-head T1. Initialised by aligning the centres
-    of mass; rigid (100×50 iterations at 2× and 1× of ``target_spacing_mm``) then affine
-    (50×20). ``syn`` adds a coarse SyN stage whose warp is *not* part of the returned affine
-    (it only refines the affine stage's optimum). ITK runs on one thread (module doc):
-    ``info["single_threaded"]`` says whether it does in this process. A ``template_img`` must
-    share the shipped template's world (its landmarks are used).
-    ``info["plausible"]`` is False when a scale factor leaves [0.75, 1.33] (failed registration).
+    ``template`` defaults to the shipped mean head (:func:`~ievnet_bids.templates.
+    shipped_template`); its ``head_axes`` give the returned ``head_axes``. Initialised by
+    aligning the centres of mass; rigid (100×50 iterations at 2× and 1× of
+    ``target_spacing_mm``) then affine (50×20). ``syn`` adds a coarse SyN stage whose warp is
+    *not* part of the returned affine (it only refines the affine stage's optimum). ITK runs
+    on one thread (module doc): ``info["single_threaded"]`` says whether it does in this
+    process. ``info["plausible"]`` is False when a scale factor leaves [0.75, 1.33] (failed
+    registration).
     """
     single_threaded = itk_single_threaded()  # loads ANTsPy first, with ITK on one thread
     from ants.internal import get_lib_fn, get_pointer_string, process_arguments
 
     t0 = time.perf_counter()
-    tpl_t1, _, landmarks = load_template()
-    template = template_img if template_img is not None else tpl_t1
+    template = template if template is not None else shipped_template()
     fdata, faff = downsample(head_img, target_spacing_mm)
-    mdata, maff = downsample(template, target_spacing_mm)
+    mdata, maff = downsample(nib.load(template.head_image), target_spacing_mm)
     fixed = to_ants(normalise_intensity(fdata), faff)
     moving = to_ants(normalise_intensity(mdata), maff)
     fs, ms = get_pointer_string(fixed), get_pointer_string(moving)
@@ -199,10 +192,10 @@ def register_template(
     with tempfile.TemporaryDirectory(prefix="ievnet_reg_") as tmp:
         prefix = os.path.join(tmp, "tx_")
         args = ["--dimensionality", "3", "--initial-moving-transform", f"[{fs},{ms},1]"]
-        args += _stage_args("Rigid", fs, ms, "100x50", "2x1", "1x0")
-        args += _stage_args("Affine", fs, ms, "50x20", "2x1", "1x0")
+        args += stage_args("Rigid", fs, ms, "100x50", "2x1", "1x0")
+        args += stage_args("Affine", fs, ms, "50x20", "2x1", "1x0")
         if syn:
-            args += _stage_args("SyN", fs, ms, "20x0", "2x1", "1x0")
+            args += stage_args("SyN", fs, ms, "20x0", "2x1", "1x0")
         args += ["--output", prefix, "--collapse-output-transforms", "1"]
         args += ["--random-seed", str(int(seed)), "--float", "1"]
         rc = get_lib_fn("antsRegistration")(process_arguments(args))
@@ -219,7 +212,7 @@ def register_template(
     return TemplateTransform(
         affine=affine,
         rotation=orthonormal(lin),
-        head_axes=orthonormal(lin @ template_head_axes(landmarks)),
+        head_axes=orthonormal(lin @ np.asarray(template.head_axes, dtype=float)),
         scales=scales,  # type: ignore[arg-type]
         seconds=time.perf_counter() - t0,
         stages=tuple(stages),
@@ -228,14 +221,16 @@ def register_template(
             "moving_shape": list(mdata.shape),
             "target_spacing_mm": target_spacing_mm,
             "single_threaded": single_threaded,
+            "template": template.name,
             "plausible": bool(all(0.75 <= v <= 1.33 for v in scales)),
         },
     )
 
 
 def template_ear_centres(
-    transform: TemplateTransform, landmarks: dict[str, np.ndarray] | None = None
+    transform: TemplateTransform, template: HeadTemplate | None = None
 ) -> dict[str, np.ndarray]:
-    """The template's ``inner_ear_left/right`` landmarks in subject world mm."""
-    lm = landmarks if landmarks is not None else load_template()[2]
+    """The ``inner_ear_left/right`` landmarks of ``template`` (default: the shipped one) in
+    subject world mm."""
+    lm = (template if template is not None else shipped_template()).landmark_arrays()
     return {side: transform.apply(lm[f"inner_ear_{side}"]) for side in ("left", "right")}

@@ -165,7 +165,16 @@ def stage_slab_report(
         "head": head.name if head is not None else None,
         "localizer": {
             key: getattr(localization, key)
-            for key in ("localizer", "initial", "refined", "moved_mm", "method", "score", "seconds")
+            for key in (
+                "localizer",
+                "initial",
+                "refined",
+                "moved_mm",
+                "method",
+                "score",
+                "seconds",
+                "template",
+            )
         },
         "model": {
             "name": segment.model_name,
@@ -341,6 +350,7 @@ def collect_subject(output_dir: Path, subject: str) -> dict[str, Any]:
                 "refined": loc.get("refined") or {},
                 "method": loc.get("method") or {},
                 "loc_seconds": (loc.get("seconds") or {}).get("total"),
+                "template": loc.get("template"),
                 "model": qc.get("model")
                 or {"name": first.get("model"), "sha256": first.get("model_sha256")},
                 "ears": ears,

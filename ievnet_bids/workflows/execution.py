@@ -28,6 +28,8 @@ from ievnet_bids.workflows.unit_log import UnitMultiProc, configure_unit_logging
 if TYPE_CHECKING:
     from nipype.pipeline import engine as pe
 
+    from ievnet_bids.templates import HeadTemplate
+
 LOG = logging.getLogger("ievnet_bids")
 
 
@@ -90,6 +92,7 @@ def run_participant_level(config: RunConfig, inputs: Sequence[SubjectInputs]) ->
     from ievnet_bids.bids.query import load_landmarks
 
     configure_nipype_logging(config.verbose)
+    template = prepare_run_template(config, inputs)  # before any output: a bad one stops here
     prepare_output_dir(config)
     table = load_landmarks(config.landmarks_file) if config.localizer == "landmarks" else None
     n_parallel = concurrent_units(config, len(inputs))
@@ -119,7 +122,7 @@ def run_participant_level(config: RunConfig, inputs: Sequence[SubjectInputs]) ->
 
     if n_parallel == 1:
         for unit, landmarks in runnable():
-            reason = run_unit(config, unit, landmarks, config.nprocs, config.mem_gb)
+            reason = run_unit(config, unit, landmarks, config.nprocs, config.mem_gb, template)
             if reason is not None:
                 failures[unit.name] = reason
         return failures
@@ -132,7 +135,7 @@ def run_participant_level(config: RunConfig, inputs: Sequence[SubjectInputs]) ->
         n_parallel, mp_context=context, initializer=_init_worker, initargs=(config.verbose,)
     ) as pool:
         futures: dict[Future[str | None], SubjectInputs] = {
-            pool.submit(run_unit, config, unit, landmarks, share, mem_share): unit
+            pool.submit(run_unit, config, unit, landmarks, share, mem_share, template): unit
             for unit, landmarks in runnable()
         }
         for future in as_completed(futures):
@@ -183,19 +186,56 @@ def versioned_work_dir(work_dir: Path, version: str | None = None) -> Path:
     return Path(work_dir) / f"ievnet_bids_{major}_{minor}_wf"
 
 
+def template_cache_dir(config: RunConfig) -> Path:
+    """Where the ear landmarks registered onto a template are kept between runs."""
+    return versioned_work_dir(config.work_dir) / "templates"
+
+
+def prepare_run_template(config: RunConfig, inputs: Sequence[SubjectInputs]) -> HeadTemplate | None:
+    """``config.template`` with its ear landmarks, when a unit may use it (the ``template`` or
+    ``auto`` localizer and a head image); raises :class:`ievnet_bids.templates.TemplateError`.
+    """
+    if config.localizer not in ("auto", "template") or not any(u.head for u in inputs):
+        return None
+    from ievnet_bids.templates import prepare_template
+
+    template = prepare_template(config.template, template_cache_dir(config))
+    ears = template.summary()["ear_uncertainty_mm"]
+    spread = "/".join("n/a" if v is None else f"{v:.1f}" for v in ears.values())
+    if template.derivation is None:
+        origin = f"from {Path(template.landmarks_file or '').name}"
+    else:
+        added_mm = template.derivation["added_uncertainty_mm"]
+        added = "/".join(f"{added_mm[f'inner_ear_{side}']:.1f}" for side in SIDES)
+        origin = (
+            f"registered from {template.derivation['from_template']} "
+            f"({template.derivation['seconds']:.1f} s; the registration adds {added} mm)"
+        )
+    LOG.info(
+        "template %s (%s): ear landmarks %s, uncertainty left/right %s mm",
+        template.name,
+        Path(template.head_image).name,
+        origin,
+        spread,
+    )
+    return template
+
+
 def run_unit(
     config: RunConfig,
     unit: SubjectInputs,
     landmarks: Mapping[str, Sequence[float]] | None,
     nprocs: int,
     mem_gb: float | None,
+    template: HeadTemplate | None = None,
 ) -> str | None:
     """Build and run one participant/session's graph; returns the failure reason or None.
 
-    Writes the unit's status and report in any case.
+    ``template``: the prepared ``config.template`` (:func:`prepare_run_template`). Writes the
+    unit's status and report in any case.
     """
     start = time.time()
-    wf = init_participant_wf(unit=unit, config=config, landmarks=landmarks)
+    wf = init_participant_wf(unit=unit, config=config, landmarks=landmarks, template=template)
     wf.base_dir = str(versioned_work_dir(config.work_dir))
     _cap_memory(wf, mem_gb)
     crashes = crash_dir(config, unit)

@@ -23,6 +23,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
@@ -33,6 +34,9 @@ from ievnet_bids.interfaces.derivatives import SlabDerivativesSink
 from ievnet_bids.interfaces.ears import ExtractEar, LocalizeEars, MapBackEar, SegmentEars
 from ievnet_bids.interfaces.hydrops import QuantifyHydrops
 from ievnet_bids.interfaces.reports import PublishReportlets, ReportSlab
+
+if TYPE_CHECKING:
+    from ievnet_bids.templates import HeadTemplate
 
 SIDES = ("left", "right")
 
@@ -47,6 +51,7 @@ def init_slab_wf(
     model: Path,
     localizer: str = "auto",
     landmarks: Mapping[str, Sequence[float]] | None = None,
+    template: HeadTemplate | None = None,
     device: str = "auto",
     tta: bool = True,
     precision: str = "auto",
@@ -58,7 +63,8 @@ def init_slab_wf(
 
     Inputs (``inputnode``): ``slab``, ``head`` (optional full-head image), ``flair`` (the
     session's FLAIR; used when ``hydrops``: a ``hydrops`` node then quantifies the ELS of
-    both ears after segmentation and its outputs join the derivatives).
+    both ears after segmentation and its outputs join the derivatives). ``template``: the
+    template localizer's template (None: the shipped one).
     Outputs (``outputnode``): ``out_files``, ``volumes``.
 
     >>> wf = init_slab_wf(output_dir=Path("/tmp/out"), model=Path("m.safetensors"))
@@ -72,6 +78,7 @@ def init_slab_wf(
         LocalizeEars(
             localizer=localizer,
             landmarks=json.dumps({k: list(v) for k, v in landmarks.items()}) if landmarks else "",
+            template=template.to_json() if template is not None else "",
             threads=omp_nthreads,
         ),
         name="localize",
@@ -159,9 +166,11 @@ def init_participant_wf(
     unit: SubjectInputs,
     config: RunConfig,
     landmarks: Mapping[str, Sequence[float]] | None = None,
+    template: HeadTemplate | None = None,
     name: str | None = None,
 ) -> pe.Workflow:
-    """All slabs of one participant/session (``unit``), one ``init_slab_wf`` each."""
+    """All slabs of one participant/session (``unit``), one ``init_slab_wf`` each;
+    ``template``: the prepared ``config.template`` (None: the shipped one)."""
     wf = pe.Workflow(name=name or f"{_safe(unit.name)}_wf")
     for k, slab in enumerate(unit.slabs):
         slab_wf = init_slab_wf(
@@ -169,6 +178,7 @@ def init_participant_wf(
             model=config.model_path(),
             localizer=config.localizer,
             landmarks=landmarks,
+            template=template,
             device=config.device,
             tta=config.tta,
             precision=config.precision,
