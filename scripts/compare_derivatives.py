@@ -10,7 +10,9 @@ Every file is first compared byte for byte; files that differ are compared by ki
 * other NIfTI images (probability maps, ROI images): same grid, largest absolute voxel
   difference at most ``--atol``;
 * tables (``*.tsv``): same columns and rows; numbers within ``--rtol`` (relative), text equal;
-* sidecars and other JSON: same structure; numbers within ``--rtol``, text equal.
+* sidecars and other JSON: same structure; numbers within ``--rtol``, text equal; values under
+  a key named ``seconds`` (durations the QC records keep, e.g. the localizer's) are not
+  compared.
 
 Text is compared after ``--equate``: each ``PATH_A=PATH_B`` replaces PATH_A in A's files and
 PATH_B in B's by one placeholder (the BIDS folder's path is recorded in
@@ -35,6 +37,7 @@ import nibabel as nib
 import numpy as np
 
 NOT_COMPARED = (".html", ".log", ".toml")
+TIMING_KEYS = {"seconds"}  # JSON keys holding run durations: they differ from run to run
 PLACEHOLDER = "<EQUATED>"
 
 
@@ -110,6 +113,8 @@ def compare_values(x, y, rtol: float, where: str, diffs: list[str]) -> None:
             diffs.append(f"{where}: {x!r} vs {y!r}")
     elif isinstance(x, dict) and isinstance(y, dict):
         for key in sorted(set(x) | set(y)):
+            if key in TIMING_KEYS:
+                continue
             if key not in x or key not in y:
                 diffs.append(f"{where}.{key}: only in {'A' if key in x else 'B'}")
             else:

@@ -33,6 +33,8 @@ def _outputs(root: Path, bids: str, mask: np.ndarray, prob: np.ndarray, volume: 
     (anat / "sub-01_volumes.tsv").write_text(f"side\tvolume_mm3\nleft\t{volume}\n")
     description = {"Name": "x", "SourceDatasets": [{"URL": f"file://{bids}"}]}
     (root / "dataset_description.json").write_text(json.dumps(description))
+    qc = {"volume_mm3": volume, "localizer": {"seconds": {"total": len(bids)}}}
+    (anat / "sub-01_qc.json").write_text(json.dumps(qc))  # durations: not compared
     (root / "logs").mkdir()
     (root / "logs" / "status.json").write_text(json.dumps({"started": str(root)}))
     (root / "sub-01.html").write_text(f"<p>{root}</p>")
@@ -56,6 +58,7 @@ def test_identical_runs_match_with_the_bids_path_equated(tmp_path, compare_deriv
     report = {r["path"]: r for r in json.loads((tmp_path / "r.json").read_text())}
     assert report["sub-01/anat/sub-01_mask.nii.gz"]["status"] == "identical"
     assert report["dataset_description.json"]["status"] == "close"  # equal once equated
+    assert report["sub-01/anat/sub-01_qc.json"]["status"] == "close"  # only durations differ
     assert report["logs/status.json"]["status"] == report["sub-01.html"]["status"] == "skipped"
     assert "match (0 file(s)" in capsys.readouterr().out
 
