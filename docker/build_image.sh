@@ -10,7 +10,8 @@
 # bundle, constraints), staged by docker/pip_host_context.py as the build context pip-host and
 # mounted for the install step only; when they hold a CPU wheel of the pinned torch, torch is
 # taken from there (TORCH_INDEX_URL empty), else from the PyTorch CPU index as documented.
-# Variables: see docker/image_lib.sh; TORCH_INDEX_URL and PYTHON_IMAGE are passed on if set.
+# Variables: see docker/image_lib.sh; TORCH_INDEX_URL and PYTHON_IMAGE are passed on if set;
+# IEVNET_IMAGE_DEFER_CLEANUP=1 leaves the removal of the build's containers to the caller.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=image_lib.sh
 source "$(dirname "$0")/image_lib.sh"
@@ -47,9 +48,14 @@ case "$engine" in
             "driver $(buildah info --format '{{.store.GraphDriverName}}')"
         args+=(--build-arg "PYTHON_IMAGE=$base")
         echo "build_image: buildah bud ${args[*]} ."
-        buildah bud --isolation chroot --layers=false --pull=never "${args[@]}" .
-        # the image this tag named before is now untagged: drop it (vfs keeps full copies)
-        buildah rmi --prune >/dev/null 2>&1 || true
+        if [ "${IEVNET_IMAGE_DEFER_CLEANUP:-0}" = 1 ]; then
+            # the stages' containers stay; the caller runs build_cleanup (docker/image_lib.sh)
+            buildah inspect --type image --format '{{.FromImageID}}' "$base" >"$cache/build-base-id"
+            buildah bud --isolation chroot --layers=false --pull=never --rm=false "${args[@]}" .
+        else
+            buildah bud --isolation chroot --layers=false --pull=never "${args[@]}" .
+            build_cleanup  # the image this tag named before, now untagged
+        fi
         ;;
     *)
         echo "build_image: unknown IMAGE_ENGINE $engine" >&2
