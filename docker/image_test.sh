@@ -7,7 +7,8 @@
 # `docker run -u`), with the BIDS folder mounted read-only:
 #   1. the image's configuration (entry point, non-root user), `--version`, `--help`, the
 #      installed packages against requirements.lock, and that /bids cannot be written;
-#   2. the participant level on the demo dataset (`make demo`'s: 3 subjects, 4 sessions);
+#   2. the participant level on the demo dataset (`make demo`'s: 3 subjects, 4 sessions,
+#      subject 1 with a gadolinium FLAIR);
 #   3. the group level;
 #   4. the participant level again with the same work folder: every unit must reuse the
 #      cached localization and segmentation, and the results must stay byte-identical.
@@ -74,7 +75,8 @@ mkdir -p "$out" "$work" "$logs" "$src_out" "$src_work"
 chown "$user" "$out" "$work"
 say "$engine, image $tag, uid:gid $user, folder $dir"
 timed "demo dataset" "$venv/bin/ievnet-synth" bids --out-dir "$bids" --truth-dir "$dir/truth" \
-    --subjects 3 --sessions 1 2 1 --seed 2026 >/dev/null  # as ievnet_bids/demo.py
+    --subjects 3 --sessions 1 2 1 --seed 2026 --hydrops --hydrops-subjects 1 \
+    >/dev/null  # as ievnet_bids/demo.py writes it
 chmod -R a-w "$bids"
 
 # ------------------------------------------------------------------------ source install
