@@ -10,6 +10,7 @@ editable).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -229,6 +230,25 @@ def _build_copies() -> list[tuple[str, str]]:
     return out
 
 
+def _shipped_image(path: str) -> bool:
+    """A ``*.nii.gz`` the build context keeps: .dockerignore's ``!...*.nii.gz`` exceptions."""
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    kept = [line[1:] for line in ignore if line.startswith("!") and line.endswith(".nii.gz")]
+    return any(fnmatch.fnmatch(path, pattern) for pattern in kept)
+
+
+def test_shipped_images_are_in_the_build_context():
+    """Every tracked NIfTI inside the package (e.g. the hydrops labyrinth atlas) reaches the
+    image: .dockerignore drops images (data) except those it names."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.nii.gz"], cwd=REPO, capture_output=True, text=True, timeout=60
+    ).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    shipped = [p for p in tracked if p.startswith(("ievnet_bids/", "data/templates/"))]
+    assert shipped and all(_shipped_image(p) for p in shipped), shipped
+
+
 def _build_context(dst: Path) -> Path:
     """The build stage's ``/src``: what its ``COPY`` instructions put there."""
     workdir = next(a for k, a in stage("build") if k == "WORKDIR")
@@ -238,9 +258,10 @@ def _build_context(dst: Path) -> Path:
             target = target / Path(src).name
         if (REPO / src).is_dir():  # less what .dockerignore keeps out
             ignored = ["__pycache__", "*.pyc", ".DS_Store"]
-            if not src.startswith("data/templates"):
-                ignored.append("*.nii.gz")
             shutil.copytree(REPO / src, target, ignore=shutil.ignore_patterns(*ignored))
+            for image in target.rglob("*.nii.gz"):  # images: only those .dockerignore lets in
+                if not _shipped_image(image.relative_to(dst).as_posix()):
+                    image.unlink()
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / src, target)
