@@ -44,7 +44,7 @@ image:
 
 # Runs the image as an unprivileged uid on the demo dataset (read-only BIDS folder) and
 # compares its outputs with the source install's (docker/image_test.sh).
-# The build's own clean-up (minutes of file deletion here) runs while the source install does.
+# The previous image's deletion (minutes of file deletion here) runs while the source install does.
 image-test: install
 	IEVNET_IMAGE_DEFER_CLEANUP=1 bash docker/build_image.sh
 	bash docker/image_test.sh

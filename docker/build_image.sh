@@ -11,7 +11,7 @@
 # mounted for the install step only; when they hold a CPU wheel of the pinned torch, torch is
 # taken from there (TORCH_INDEX_URL empty), else from the PyTorch CPU index as documented.
 # Variables: see docker/image_lib.sh; TORCH_INDEX_URL and PYTHON_IMAGE are passed on if set;
-# IEVNET_IMAGE_DEFER_CLEANUP=1 leaves the removal of the build's containers to the caller.
+# IEVNET_IMAGE_DEFER_CLEANUP=1 leaves the deletion of the previous image to the caller.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=image_lib.sh
 source "$(dirname "$0")/image_lib.sh"
@@ -48,13 +48,10 @@ case "$engine" in
             "driver $(buildah info --format '{{.store.GraphDriverName}}')"
         args+=(--build-arg "PYTHON_IMAGE=$base")
         echo "build_image: buildah bud ${args[*]} ."
-        if [ "${IEVNET_IMAGE_DEFER_CLEANUP:-0}" = 1 ]; then
-            # the stages' containers stay; the caller runs build_cleanup (docker/image_lib.sh)
-            buildah inspect --type image --format '{{.FromImageID}}' "$base" >"$cache/build-base-id"
-            buildah bud --isolation chroot --layers=false --pull=never --rm=false "${args[@]}" .
-        else
-            buildah bud --isolation chroot --layers=false --pull=never "${args[@]}" .
-            build_cleanup  # the image this tag named before, now untagged
+        buildah bud --isolation chroot --layers=false --pull=never "${args[@]}" .
+        # the image this tag named before, now untagged: deleted here, or by the caller
+        if [ "${IEVNET_IMAGE_DEFER_CLEANUP:-0}" != 1 ]; then
+            build_cleanup
         fi
         ;;
     *)

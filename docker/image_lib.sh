@@ -41,22 +41,10 @@ print(sum(layer["size"] for layer in json.load(sys.stdin)["layers"]))' ;;  # unc
     esac
 }
 
-# What a buildah build with --rm=false (IEVNET_IMAGE_DEFER_CLEANUP=1) left behind: the working
-# containers of its stages (made from the base image it recorded) and the image the tag named
-# before (now untagged). Deleting them takes minutes on a disk mounted with `discard` (about
-# 2 GB each), so `make image-test` does it while the source install runs.
+# The image the tag named before a buildah build: untagged by the build, deleted here. That
+# takes minutes on a disk mounted with `discard` (about 2 GB of files), so `make image-test`
+# (IEVNET_IMAGE_DEFER_CLEANUP=1) does it while the source install runs. (The build's stage
+# containers are deleted by buildah bud itself; 1.28 does so even with --rm=false.)
 build_cleanup() {
-    local base_id ids
-    if [ -s "$cache/build-base-id" ]; then
-        base_id="$(cat "$cache/build-base-id")"
-        ids="$(buildah containers --json | python3 -c 'import json, sys
-print(" ".join(c["id"] for c in json.load(sys.stdin) or [] if c["imageid"] == sys.argv[1]))' \
-            "$base_id")"
-        if [ -n "$ids" ]; then
-            # shellcheck disable=SC2086  # a list of ids
-            buildah rm $ids >/dev/null
-        fi
-        rm -f "$cache/build-base-id"
-    fi
     buildah rmi --prune >/dev/null 2>&1 || true
 }

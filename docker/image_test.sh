@@ -13,7 +13,7 @@
 #   4. the participant level again with the same work folder: every unit must reuse the
 #      cached localization and segmentation, and the results must stay byte-identical.
 # The source install (.venv) runs the same dataset with the same options and thread settings
-# (first: meanwhile buildah removes what the build left, see Makefile), and
+# (first: meanwhile buildah deletes the previous image, see Makefile), and
 # scripts/compare_derivatives.py compares both output folders (identical, or Dice of every
 # mask >= 0.999). Exit status 0 when all of it passes.
 #
@@ -80,7 +80,7 @@ timed "demo dataset" "$venv/bin/ievnet-synth" bids --out-dir "$bids" --truth-dir
 chmod -R a-w "$bids"
 
 # ------------------------------------------------------------------------ source install
-# First, while buildah deletes what the build left behind (disk-bound; this is CPU-bound).
+# First, while buildah deletes the image the build untagged (disk-bound; this is CPU-bound).
 cleanup_pid=""
 if [ "$engine" = buildah ]; then
     build_cleanup >"$logs/build-cleanup.log" 2>&1 &
@@ -92,8 +92,8 @@ timed "source participant" env "${threads[@]}" "$venv/bin/ievnet-bids" "$bids" "
 timed "source group" env "${threads[@]}" "$venv/bin/ievnet-bids" "$bids" "$src_out" group \
     >"$logs/source-group.log" 2>&1 || fail "source group level exited with $?"
 if [ -n "$cleanup_pid" ]; then
-    timed "waiting for the build's clean-up" wait "$cleanup_pid" ||
-        fail "removing the build's containers failed ($logs/build-cleanup.log)"
+    timed "waiting for the previous image's deletion" wait "$cleanup_pid" ||
+        fail "deleting the previous image failed ($logs/build-cleanup.log)"
 fi
 
 # ------------------------------------------------------------------------ the image
