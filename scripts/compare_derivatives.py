@@ -14,6 +14,11 @@ Every file is first compared byte for byte; files that differ are compared by ki
   a key named ``seconds`` (durations the QC records keep, e.g. the localizer's) are not
   compared.
 
+Outputs known to vary from run to run of the same install are named with ``--vary PATTERN``
+(repeatable; matched against file paths, table columns and JSON keys, ``fnmatch`` style):
+they are compared with ``--vary-dice-min`` and ``--vary-rtol`` instead and reported as
+``varies``. NaN equals NaN.
+
 Text is compared after ``--equate``: each ``PATH_A=PATH_B`` replaces PATH_A in A's files and
 PATH_B in B's by one placeholder (the BIDS folder's path is recorded in
 ``dataset_description.json``, and it is ``/bids`` in the container). Reports (``*.html``),
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import json
 import math
 import sys
@@ -45,7 +51,7 @@ PLACEHOLDER = "<EQUATED>"
 class Result:
     path: str
     kind: str  # mask, image, table, json, figure, other, skipped
-    status: str  # identical, close, different, missing-in-a, missing-in-b, skipped
+    status: str  # identical, close, varies, different, missing-in-a, missing-in-b, skipped
     detail: dict = field(default_factory=dict)
 
 
@@ -85,7 +91,8 @@ def compare_nifti(a: Path, b: Path, kind: str, args: argparse.Namespace) -> tupl
         labels = sorted(set(np.unique(da).tolist()) | set(np.unique(db).tolist()) - {0})
         scores = {str(label): dice(da == label, db == label) for label in labels}
         detail["dice"] = scores
-        ok = ok and all(s >= args.dice_min for s in scores.values())
+        dice_min = args.vary_dice_min if varies(str(a), args) else args.dice_min
+        ok = ok and all(s >= dice_min for s in scores.values())
     else:
         diff = float(np.abs(da.astype(np.float64) - db.astype(np.float64)).max())
         detail["max_abs_diff"] = diff
@@ -100,17 +107,29 @@ def equate(text: str, side: int, pairs: list[tuple[str, str]]) -> str:
 
 
 def close(x: float, y: float, rtol: float) -> bool:
+    if math.isnan(x) or math.isnan(y):
+        return math.isnan(x) and math.isnan(y)
     return math.isclose(x, y, rel_tol=rtol, abs_tol=1e-9)
 
 
-def compare_values(x, y, rtol: float, where: str, diffs: list[str]) -> None:
-    """Recursive comparison of parsed JSON; differences are appended to ``diffs``."""
+def varies(name: str, args: argparse.Namespace) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in args.vary)
+
+
+def compare_values(x, y, args, where: str, diffs: list[str], loose: list[str]) -> None:
+    """Recursive comparison of parsed JSON (or table rows); differences beyond ``--rtol`` are
+    appended to ``diffs``, or to ``loose`` under a ``--vary`` key within ``--vary-rtol``."""
     if isinstance(x, bool) or isinstance(y, bool) or x is None or y is None:
         if x != y:
             diffs.append(f"{where}: {x!r} vs {y!r}")
     elif isinstance(x, int | float) and isinstance(y, int | float):
-        if not close(float(x), float(y), rtol):
-            diffs.append(f"{where}: {x!r} vs {y!r}")
+        if not close(float(x), float(y), args.rtol):
+            keys = where.replace("[", ".").replace("]", "").split(".")
+            loose_ok = any(varies(k, args) for k in keys if k)
+            if loose_ok and close(float(x), float(y), args.vary_rtol):
+                loose.append(f"{where}: {x!r} vs {y!r}")
+            else:
+                diffs.append(f"{where}: {x!r} vs {y!r}")
     elif isinstance(x, dict) and isinstance(y, dict):
         for key in sorted(set(x) | set(y)):
             if key in TIMING_KEYS:
@@ -118,12 +137,12 @@ def compare_values(x, y, rtol: float, where: str, diffs: list[str]) -> None:
             if key not in x or key not in y:
                 diffs.append(f"{where}.{key}: only in {'A' if key in x else 'B'}")
             else:
-                compare_values(x[key], y[key], rtol, f"{where}.{key}", diffs)
+                compare_values(x[key], y[key], args, f"{where}.{key}", diffs, loose)
     elif isinstance(x, list) and isinstance(y, list):
         if len(x) != len(y):
             diffs.append(f"{where}: {len(x)} vs {len(y)} items")
         for i, (u, v) in enumerate(zip(x, y, strict=False)):
-            compare_values(u, v, rtol, f"{where}[{i}]", diffs)
+            compare_values(u, v, args, f"{where}[{i}]", diffs, loose)
     elif x != y:
         diffs.append(f"{where}: {x!r} vs {y!r}")
 
@@ -141,27 +160,26 @@ def compare_text(a: Path, b: Path, kind: str, args: argparse.Namespace) -> tuple
     if ta == tb:
         return True, {"equated": True}
     diffs: list[str] = []
+    loose: list[str] = []
     if kind == "json":
-        compare_values(json.loads(ta), json.loads(tb), args.rtol, "", diffs)
+        compare_values(json.loads(ta), json.loads(tb), args, "", diffs, loose)
     else:
         rows_a = list(csv.reader(ta.splitlines(), delimiter="\t"))
         rows_b = list(csv.reader(tb.splitlines(), delimiter="\t"))
         header = rows_a[0] if rows_a else []
+        # rows as {column: value}, so that differences name their column
         compare_values(
-            [[cell(c) for c in row] for row in rows_a],
-            [[cell(c) for c in row] for row in rows_b],
-            args.rtol,
+            [dict(zip(header, map(cell, row), strict=False)) for row in rows_a],
+            [dict(zip(header, map(cell, row), strict=False)) for row in rows_b],
+            args,
             "",
             diffs,
+            loose,
         )
-        # name the column: "[row][col]" -> "[row].column"
-        for i, text in enumerate(diffs):
-            parts = text.split("]", 2)
-            if len(parts) == 3 and parts[1].startswith("[") and parts[1][1:].isdigit():
-                col = int(parts[1][1:])
-                if col < len(header):
-                    diffs[i] = f"{parts[0]}].{header[col]}{parts[2]}"
-    return not diffs, {"differences": diffs[:20], "n_differences": len(diffs)}
+    detail = {"differences": diffs[:20], "n_differences": len(diffs)}
+    if loose:
+        detail |= {"varying": loose[:20], "n_varying": len(loose)}
+    return not diffs, detail
 
 
 def compare(a_root: Path, b_root: Path, args: argparse.Namespace) -> list[Result]:
@@ -187,7 +205,9 @@ def compare(a_root: Path, b_root: Path, args: argparse.Namespace) -> list[Result
             ok, detail = compare_text(a, b, kind, args)
         else:  # figures and other files: byte identity only, reported but not judged
             ok, detail = kind == "figure", {"bytes": [a.stat().st_size, b.stat().st_size]}
-        results.append(Result(str(rel), kind, "close" if ok else "different", detail))
+        loose = varies(str(rel), args) or detail.get("n_varying")
+        status = ("varies" if loose else "close") if ok else "different"
+        results.append(Result(str(rel), kind, status, detail))
     return results
 
 
@@ -224,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dice-min", type=float, default=0.999)
     parser.add_argument("--atol", type=float, default=1e-4, help="for probabilities, images")
     parser.add_argument("--rtol", type=float, default=1e-3, help="for numbers in tables, JSON")
+    parser.add_argument("--vary", action="append", default=[], metavar="PATTERN")
+    parser.add_argument("--vary-dice-min", type=float, default=0.99)
+    parser.add_argument("--vary-rtol", type=float, default=0.02)
     parser.add_argument("--json", type=Path, default=None, help="write the full report here")
     args = parser.parse_args(argv)
     args.equate = [tuple(pair.split("=", 1)) for pair in args.equate]

@@ -81,3 +81,19 @@ def test_dice_threshold_tolerance_and_missing_files(tmp_path, compare_derivative
     assert compare_derivatives.main([str(a), str(b)]) == 1
     (b / "sub-01" / "anat" / "sub-01_volumes.tsv").unlink()
     assert compare_derivatives.main([str(a), str(b)]) == 1  # missing in B
+
+
+def test_outputs_that_vary_run_to_run_get_the_looser_tolerances(tmp_path, compare_derivatives):
+    a = _outputs(tmp_path / "a", "/bids", _mask(), _mask() * 0.9, 8.0)
+    b = _outputs(tmp_path / "b", "/bids", _mask(extra=5), _mask() * 0.9, 8.0)
+    for root, value in ((a, 10.0), (b, 10.1)):  # 1 % apart; NaN equals NaN
+        table = f"side\tcochlea_volume_mm3\tfit\nleft\t{value}\tnan\n"
+        (root / "sub-01" / "anat" / "sub-01_structures.tsv").write_text(table)
+    args = [str(a), str(b), "--json", str(tmp_path / "r.json")]
+    assert compare_derivatives.main(args) == 1  # Dice 2000/2005 < 0.999, 1 % > 0.1 %
+    loose = ["--vary", "*_mask.nii.gz", "--vary", "cochlea_*"]
+    assert compare_derivatives.main([*args, *loose]) == 0
+    rows = {r["path"]: r for r in json.loads((tmp_path / "r.json").read_text())}
+    assert rows["sub-01/anat/sub-01_mask.nii.gz"]["status"] == "varies"
+    assert rows["sub-01/anat/sub-01_structures.tsv"]["status"] == "varies"
+    assert compare_derivatives.main([*args, *loose, "--vary-rtol", "0.001"]) == 1
