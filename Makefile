@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1s
 DEMO_OUT ?= demo_output
 SHARED_SAMPLES := ../shared/data/ievnet-samples
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench clean image image-test
 
 install: $(STAMP)
 
@@ -36,6 +36,18 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_synth.py
+
+# The container image ievnet:<version>: docker build when a Docker engine answers, else buildah
+# from a local Debian bookworm base (built once, cached in ~/.cache/ievnet-image).
+image:
+	bash docker/build_image.sh
+
+# Runs the image as an unprivileged uid on the demo dataset (read-only BIDS folder) and
+# compares its outputs with the source install's (docker/image_test.sh).
+# The previous image's deletion (minutes of file deletion here) runs while the source install does.
+image-test: install
+	IEVNET_IMAGE_DEFER_CLEANUP=1 bash docker/build_image.sh
+	bash docker/image_test.sh
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

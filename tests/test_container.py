@@ -10,6 +10,7 @@ editable).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -26,7 +27,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 INSTALL_SH = REPO / "docker" / "install.sh"
-SCRIPTS = [INSTALL_SH, *sorted((REPO / "scripts").glob("slurm_*"))]
+SCRIPTS = [
+    *sorted((REPO / "docker").glob("*.sh")),  # install.sh, the image build and its test
+    *sorted((REPO / "scripts").glob("slurm_*")),
+]
 
 
 def _tool(name: str) -> str | None:
@@ -64,6 +68,15 @@ def stages(path: Path = DOCKERFILE) -> list[list[tuple[str, str]]]:
             out.append([])
         out[-1].append(ins)
     return out
+
+
+def stage(name: str, path: Path = DOCKERFILE) -> list[tuple[str, str]]:
+    """Instructions of the stage ``FROM ... AS name``."""
+    for instructions_ in stages(path)[1:]:
+        words = instructions_[0][1].split()
+        if len(words) == 3 and words[1].upper() == "AS" and words[2] == name:
+            return instructions_
+    raise AssertionError(f"no stage {name!r} in {path}")
 
 
 def arg_defaults(path: Path = DOCKERFILE) -> dict[str, str]:
@@ -135,15 +148,34 @@ def test_entrypoint_user_and_no_healthcheck():
 def test_base_image_is_slim_python_311_and_multistage():
     defaults = arg_defaults()
     froms = [args for keyword, args in instructions() if keyword == "FROM"]
-    assert len(froms) >= 2, "expected a build stage and a runtime stage"
-    for args in froms:
-        image = args.split()[0]
+    # the pip-host stage: an empty placeholder for the build-time pip settings (see below)
+    images = [args.split()[0] for args in froms if args != "scratch AS pip-host"]
+    assert len(images) >= 2, "expected a build stage and a runtime stage"
+    for image in images:
         image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], image)
         assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", image), image
     final_copies = [a for k, a in stages()[-1] if k == "COPY"]
-    assert final_copies and all(a.startswith("--from=") for a in final_copies), final_copies
+    assert final_copies and all(a.startswith("--from=build ") for a in final_copies), final_copies
     runs = " ".join(a for k, a in stages()[-1] if k == "RUN")
     assert not re.search(r"\b(apt-get|pip) install\b", runs), "runtime stage installs software"
+    assert "pip-host" not in runs and "--mount" not in runs
+
+
+def test_host_pip_settings_are_a_build_time_mount_only():
+    """`make image` passes the host's pip settings as the build context ``pip-host``: mounted
+    read-only for the install step of the build stage, never copied into a layer."""
+    assert stage("pip-host") == [("FROM", "scratch AS pip-host")]  # empty unless given
+    install = [a for k, a in stage("build") if k == "RUN" and "docker/install.sh" in a]
+    assert len(install) == 1
+    assert "--mount=type=bind,from=pip-host,target=/run/pip-host " in install[0]
+    assert "PIP_CONFIG_FILE=/run/pip-host/pip.conf" in install[0]
+    assert "--mount=type=cache,target=/root/.cache/pip" in install[0]
+    copies = [a for k, a in instructions() if k == "COPY"]
+    assert not any("pip-host" in a for a in copies), copies
+    # no pip settings baked into either stage's environment
+    for keyword, args in instructions():
+        if keyword == "ENV":
+            assert not re.search(r"PIP_(CONFIG_FILE|INDEX_URL|EXTRA_INDEX_URL|CERT)", args), args
 
 
 def test_torch_is_pinned_cpu_by_default_with_a_build_argument():
@@ -157,7 +189,7 @@ def test_torch_is_pinned_cpu_by_default_with_a_build_argument():
     # the package: a wheel from the source tree (never editable), pinned by the lock file
     assert re.search(r'-m pip install -c "\$\{src\}/requirements\.lock" "\$\{src\}"', script)
     assert not re.search(r"pip.* (-e|--editable)\b", script)
-    runs = [a for k, a in stages()[1] if k == "RUN"]
+    runs = [a for k, a in stage("build") if k == "RUN"]
     assert any("docker/install.sh" in a for a in runs)
 
 
@@ -168,6 +200,8 @@ def test_threads_and_caches_for_singularity():
     for key in ("IEVNET_CACHE_DIR", "MPLCONFIGDIR", "XDG_CACHE_HOME"):
         assert env[key].startswith("/tmp/"), (key, env[key])
     assert env["NIPYPE_NO_ET"] == "1"
+    # getpass.getuser() (MONAI, on import) for a uid that has no account in the image
+    assert env["USER"]
     assert "/opt/venv/bin" in env["PATH"].split(":")
     # the app sets torch's thread count from --omp-nthreads (OMP_NUM_THREADS is only a default)
     from ievnet_bids.model.infer import Segmenter
@@ -187,7 +221,7 @@ def test_copied_sources_exist_and_are_not_docker_ignored():
 def _build_copies() -> list[tuple[str, str]]:
     """``(source, destination)`` of the build stage's ``COPY`` instructions (context files)."""
     out = []
-    for keyword, args in stages()[1]:
+    for keyword, args in stage("build"):
         if keyword != "COPY" or args.startswith("--from"):
             continue
         *sources, dest = shlex.split(args)
@@ -196,18 +230,38 @@ def _build_copies() -> list[tuple[str, str]]:
     return out
 
 
+def _shipped_image(path: str) -> bool:
+    """A ``*.nii.gz`` the build context keeps: .dockerignore's ``!...*.nii.gz`` exceptions."""
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    kept = [line[1:] for line in ignore if line.startswith("!") and line.endswith(".nii.gz")]
+    return any(fnmatch.fnmatch(path, pattern) for pattern in kept)
+
+
+def test_shipped_images_are_in_the_build_context():
+    """Every tracked NIfTI inside the package (e.g. the hydrops labyrinth atlas) reaches the
+    image: .dockerignore drops images (data) except those it names."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.nii.gz"], cwd=REPO, capture_output=True, text=True, timeout=60
+    ).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    shipped = [p for p in tracked if p.startswith(("ievnet_bids/", "data/templates/"))]
+    assert shipped and all(_shipped_image(p) for p in shipped), shipped
+
+
 def _build_context(dst: Path) -> Path:
     """The build stage's ``/src``: what its ``COPY`` instructions put there."""
-    workdir = next(a for k, a in stages()[1] if k == "WORKDIR")
+    workdir = next(a for k, a in stage("build") if k == "WORKDIR")
     for src, dest in _build_copies():
         target = dst / Path(dest).relative_to(workdir) if dest.startswith("/") else dst / dest
         if dest.endswith("/") and not src.endswith("/"):
             target = target / Path(src).name
         if (REPO / src).is_dir():  # less what .dockerignore keeps out
             ignored = ["__pycache__", "*.pyc", ".DS_Store"]
-            if not src.startswith("data/templates"):
-                ignored.append("*.nii.gz")
             shutil.copytree(REPO / src, target, ignore=shutil.ignore_patterns(*ignored))
+            for image in target.rglob("*.nii.gz"):  # images: only those .dockerignore lets in
+                if not _shipped_image(image.relative_to(dst).as_posix()):
+                    image.unlink()
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / src, target)
