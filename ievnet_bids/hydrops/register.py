@@ -26,7 +26,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -36,9 +35,9 @@ from ievnet_bids.geometry.extract import box_around, slab_data, slab_grid, sub_g
 from ievnet_bids.geometry.roi import RoiGrid, resample
 from ievnet_bids.localize.register import (
     LPS,
-    ants_affine_to_matrix,
     itk_single_threaded,
     normalise_intensity,
+    run_affine_registration,
     to_ants,
 )
 
@@ -161,7 +160,7 @@ def register_flair(
 def _mi_stage(fixed, moving, seed: int) -> np.ndarray:
     """Stage 1: ``antsRegistration`` rigid MI; the SPACE → FLAIR map in LPS."""
     itk_single_threaded()  # ANTsPy with ITK on one thread: reproducible
-    from ants.internal import get_lib_fn, get_pointer_string, process_arguments
+    from ants.internal import get_pointer_string
 
     fs, ms = get_pointer_string(fixed), get_pointer_string(moving)
     with tempfile.TemporaryDirectory(prefix="ievnet_flair_") as tmp:
@@ -177,13 +176,7 @@ def _mi_stage(fixed, moving, seed: int) -> np.ndarray:
             "--random-seed", str(int(seed)),
             "--float", "1",
         ]  # fmt: skip
-        rc = get_lib_fn("antsRegistration")(process_arguments(args))
-        if rc != 0:
-            raise RuntimeError(f"antsRegistration failed with exit code {rc}")
-        mats = sorted(Path(tmp).glob("tx_*GenericAffine.mat"))
-        if not mats:
-            raise RuntimeError("antsRegistration wrote no rigid transform")
-        return ants_affine_to_matrix(mats[0])
+        return run_affine_registration(args, tmp)
 
 
 def refine_on_tfs(

@@ -140,6 +140,20 @@ def ants_affine_to_matrix(path: str | Path) -> np.ndarray:
     return m
 
 
+def run_affine_registration(args: list[str], folder: str | Path) -> np.ndarray:
+    """Run ``antsRegistration`` with ``args`` (output prefix ``folder/tx_``); the 4×4 of the
+    affine (or rigid) transform it wrote (LPS, fixed → moving points)."""
+    from ants.internal import get_lib_fn, process_arguments
+
+    rc = get_lib_fn("antsRegistration")(process_arguments(args))
+    if rc != 0:
+        raise RuntimeError(f"antsRegistration failed with exit code {rc}")
+    mats = sorted(Path(folder).glob("tx_*GenericAffine.mat"))
+    if not mats:
+        raise RuntimeError("antsRegistration wrote no affine transform")
+    return ants_affine_to_matrix(mats[0])
+
+
 def stage_args(
     kind: str, fixed: str, moving: str, iterations: str, shrink: str, smooth: str
 ) -> list[str]:
@@ -179,7 +193,7 @@ def register_template(
     registration).
     """
     single_threaded = itk_single_threaded()  # loads ANTsPy first, with ITK on one thread
-    from ants.internal import get_lib_fn, get_pointer_string, process_arguments
+    from ants.internal import get_pointer_string
 
     t0 = time.perf_counter()
     template = template if template is not None else shipped_template()
@@ -198,13 +212,7 @@ def register_template(
             args += stage_args("SyN", fs, ms, "20x0", "2x1", "1x0")
         args += ["--output", prefix, "--collapse-output-transforms", "1"]
         args += ["--random-seed", str(int(seed)), "--float", "1"]
-        rc = get_lib_fn("antsRegistration")(process_arguments(args))
-        if rc != 0:
-            raise RuntimeError(f"antsRegistration failed with exit code {rc}")
-        mats = sorted(Path(tmp).glob("tx_*GenericAffine.mat"))
-        if not mats:
-            raise RuntimeError("antsRegistration wrote no affine transform")
-        subject_to_template_lps = ants_affine_to_matrix(mats[0])
+        subject_to_template_lps = run_affine_registration(args, tmp)
     subject_to_template = LPS @ subject_to_template_lps @ LPS
     affine = np.linalg.inv(subject_to_template)
     lin = affine[:3, :3]

@@ -88,14 +88,7 @@ def draw_preview(
             ax.set_title(f"REAL {name}: {title}", fontsize=9)
             ax.axis("off")
         row += 1
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return _save(fig, out, dpi)
 
 
 def draw_hydrops_preview(
@@ -135,6 +128,13 @@ def draw_hydrops_preview(
                     fontsize=9,
                 )
                 ax.axis("off")
+    return _save(fig, out, dpi)
+
+
+def _save(fig, out: str | Path, dpi: int) -> Path:
+    """Save ``fig`` to ``out`` (tight layout; via a temporary file) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
