@@ -84,12 +84,12 @@ class SlabDerivativesSink(SimpleInterface):
             }
         hydrops = None
         if self.inputs.hydrops_record:
-            lists = ("roi_flairs", "roi_els", "roi_structures", "slab_els", "slab_structures",
-                     "transforms")  # fmt: skip
+            from ievnet_bids.interfaces.hydrops import LIST_OUTPUTS
+
             hydrops = HydropsOutputs(
                 record=HydropsRecord.from_json(self.inputs.hydrops_record),
                 flair=Path(self.inputs.flair),
-                **{k: [Path(f) for f in getattr(self.inputs, k)] for k in lists},
+                **{k: [Path(f) for f in getattr(self.inputs, k)] for k in LIST_OUTPUTS},
             )
             write_structures_dseg_tsv(self.inputs.output_dir)
         staged, _ = stage_slab_outputs(

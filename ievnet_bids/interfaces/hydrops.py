@@ -13,6 +13,7 @@ from nipype.interfaces.base import (
 )
 
 SIDES = ("left", "right")
+# The per-ear list outputs, also inputs of the derivatives sink (same names, same order)
 LIST_OUTPUTS = (
     "roi_flairs", "roi_els", "roi_structures", "slab_els", "slab_structures", "transforms",
 )  # fmt: skip

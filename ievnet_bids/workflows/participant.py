@@ -32,7 +32,7 @@ from ievnet_bids.bids.query import SubjectInputs
 from ievnet_bids.config import RunConfig
 from ievnet_bids.interfaces.derivatives import SlabDerivativesSink
 from ievnet_bids.interfaces.ears import ExtractEar, LocalizeEars, MapBackEar, SegmentEars
-from ievnet_bids.interfaces.hydrops import QuantifyHydrops
+from ievnet_bids.interfaces.hydrops import LIST_OUTPUTS, QuantifyHydrops
 from ievnet_bids.interfaces.reports import PublishReportlets, ReportSlab
 
 if TYPE_CHECKING:
@@ -147,13 +147,11 @@ def _add_hydrops(
 ) -> None:
     """The hydrops branch: segment (+ slab masks) → hydrops → ds_slab and report."""
     hydrops = pe.Node(QuantifyHydrops(), name="hydrops", mem_gb=2.0)
-    outputs = ["roi_flairs", "roi_els", "roi_structures", "slab_els", "slab_structures",
-               "transforms"]  # fmt: skip
     wf.connect([
         (inputnode, hydrops, [("slab", "slab"), ("flair", "flair")]),
         (segment, hydrops, [("masks", "roi_masks")]),
         (inputnode, ds_slab, [("flair", "flair")]),
-        (hydrops, ds_slab, [("record", "hydrops_record"), *((k, k) for k in outputs)]),
+        (hydrops, ds_slab, [("record", "hydrops_record"), *((k, k) for k in LIST_OUTPUTS)]),
         (hydrops, report, [("record", "hydrops_record"), ("roi_flairs", "roi_flairs"),
                            ("roi_els", "roi_els")]),
     ])  # fmt: skip
