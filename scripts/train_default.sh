@@ -3,7 +3,8 @@
 #
 #   scripts/train_default.sh gpu [extra ievnet-train args]   # the real default-model run
 #   scripts/train_default.sh gpu --init ievnet_bids/data/model/ievnet_default.safetensors \
-#       --lr 5e-5 --loss dicebce --dropout 0.2 --val-seeds 12   # fine-tune the shipped model
+#       --lr 1e-4 --loss dicebce --dropout 0.2 --val-seeds 12 --time-limit 8 \
+#       --seed 5 --name ievnet-synth-v3          # fine-tune the shipped model (how v3 was made)
 #   scripts/train_default.sh cpu [extra ievnet-train args]   # CPU phase 1: random crops
 #   scripts/train_default.sh cpu-full [extra args]           # CPU phase 2: full-ROI fine-tune
 #
@@ -48,10 +49,10 @@ if [[ $MODE == gpu ]]; then
   exec "$PYTHON" -m ievnet_bids.cli.train \
     --out "${OUT:-runs/train-gpu}" \
     --device cuda \
-    "${pool_args[@]}" --synthetic-weight 1 \
+    "${pool_args[@]}" --synthetic-weight 1 --synthetic-realism 2 \
     --out-channels 2 \
     --crop 208 160 112 --batch-size 4 \
-    --elastic --aug-on-device auto \
+    --elastic --aug-on-device auto --lowres-prob 0.5 \
     --workers 15 --reuse 2 \
     --steps 100000 --time-limit "${TIME_LIMIT:-10}" \
     --lr 3e-4 --loss dice \

@@ -12,7 +12,7 @@ import torch
 
 from ievnet_bids.cli import train as cli
 from ievnet_bids.model.weights import load_model
-from ievnet_bids.synth.seeds import VAL_SEED_START
+from ievnet_bids.synth.seeds import VAL_SEED_START, phantom_settings
 from ievnet_bids.train import pool
 from ievnet_bids.train.data import TrainStream
 from ievnet_bids.train.loop import TrainConfig, read_log, train
@@ -109,6 +109,35 @@ def test_stream_targets_and_weights(phantoms) -> None:
     assert sample["target"][0].sum() > 0 and sample["target"][1].sum() > 0
     assert not (sample["target"][0] * sample["target"][1]).any()
     assert sample["weight"].tolist() == [1.0, 1.0]
+
+
+def test_stream_draws_synthetic_phantoms_of_the_asked_version(monkeypatch) -> None:
+    """--synthetic-realism 2: the on-the-fly source renders phantoms v2, target from its labels."""
+    from ievnet_bids.synth import phantom as synth_phantom
+    from ievnet_bids.train.data import make_target
+
+    real_generate = synth_phantom.generate_phantom
+    drawn: list[tuple[int, object]] = []
+
+    def recording_generate(seed, **kw):
+        ph = real_generate(seed, **kw)
+        drawn.append((seed, kw.get("realism"), ph.labels))
+        return ph
+
+    monkeypatch.setattr(synth_phantom, "generate_phantom", recording_generate)
+    stream = TrainStream(
+        out_channels=2, crop=(48, 48, 32), spatial=None, seed=0,
+        synthetic_weight=1, synthetic_realism=2,
+    )  # fmt: skip
+    sample = next(iter(stream))
+    assert len(drawn) == 1
+    seed, realism, labels = drawn[0]
+    assert realism == 2
+    target = make_target(labels, 2)
+    got = sample["target"].numpy()
+    assert np.array_equal(got, target) or np.array_equal(got, target[:, ::-1])  # LR flip
+    v1 = real_generate(seed, **phantom_settings(seed), realism=1).labels
+    assert not np.array_equal(v1, labels)  # v2 adds septa: other labels than v1
 
 
 def test_stream_reuse_loads_one_sample_per_reuse(phantoms, monkeypatch) -> None:

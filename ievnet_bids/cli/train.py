@@ -70,6 +70,14 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
         "without --pool/--data, else 0",
     )
     src.add_argument(
+        "--synthetic-realism",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="phantom version of the on-the-fly source (2: phantoms v2 with septa, marrow, "
+        "vessel dots, dim tissue and fundus nerves)",
+    )
+    src.add_argument(
         "--data",
         type=Path,
         metavar="DIR",
@@ -213,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_weight=args.data_weight,
             pool_refresh=args.pool_refresh,
             reuse=args.reuse,
+            synthetic_realism=args.synthetic_realism,
             init=args.init,
             out_channels=args.out_channels,
             channels=tuple(args.channels),

@@ -405,6 +405,7 @@ class TrainStream(IterableDataset):
         reuse: float = 1.0,
         reservoir: int = 6,
         lowres_prob: float = 0.0,
+        synthetic_realism: int = 1,
     ) -> None:
         super().__init__()
         weights = np.array([pool_weight, synthetic_weight, data_weight], dtype=float)
@@ -429,6 +430,7 @@ class TrainStream(IterableDataset):
             raise DataError(f"reuse must be >= 1, got {reuse}")
         self.reuse = float(reuse)
         self.reservoir = max(1, int(reservoir))
+        self.synthetic_realism = int(synthetic_realism)
 
     def _load(
         self, rng: np.random.Generator, state: dict[str, Any]
@@ -455,7 +457,7 @@ class TrainStream(IterableDataset):
             from ievnet_bids.synth.phantom import generate_phantom
 
             seed = int(rng.integers(0, HOLDOUT_SEED_START))
-            ph = generate_phantom(seed, **phantom_settings(seed))
+            ph = generate_phantom(seed, **phantom_settings(seed), realism=self.synthetic_realism)
             return ph.image, make_target(ph.labels, self.out_channels), ones
         image_path, mask_path = self.data_pairs[int(rng.integers(len(self.data_pairs)))]
         image, mask = load_pair(image_path, mask_path)

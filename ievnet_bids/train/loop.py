@@ -34,6 +34,7 @@ from ievnet_bids.atomic import staged, write_bytes_atomic, write_text_atomic
 from ievnet_bids.model.card import PUBLISHED_ARCHITECTURE, ModelCard
 from ievnet_bids.model.net import build_network, resolve_device
 from ievnet_bids.model.weights import save_model
+from ievnet_bids.synth.phantom import REALISM_LEVELS
 from ievnet_bids.synth.seeds import HOLDOUT_SEED_START, VAL_SEED_START
 from ievnet_bids.train import data as D
 
@@ -59,6 +60,7 @@ class TrainConfig:
     data_weight: float = 1.0
     pool_refresh: int = 200  # steps between re-listings of the pool folder
     reuse: float = 1.0  # mean uses of each loaded phantom (per-worker reservoir)
+    synthetic_realism: int = 1  # phantom version of the on-the-fly source (2: phantoms v2)
     init: Path | None = None  # weights to start from (fine-tuning; fresh optimizer)
     # model
     out_channels: int = 1
@@ -119,6 +121,10 @@ class TrainConfig:
         )
         need(0.0 <= self.pos_fraction <= 1.0, "pos_fraction must be in [0, 1]")
         need(0.0 <= self.lowres_prob <= 1.0, "lowres_prob must be in [0, 1]")
+        need(
+            self.synthetic_realism in REALISM_LEVELS,
+            f"synthetic_realism must be one of {REALISM_LEVELS}",
+        )
         need(self.batch_size >= 1, "batch_size must be >= 1")
         need(self.workers >= 0, "workers must be >= 0")
         need(self.steps >= 1, "steps must be >= 1")
@@ -390,7 +396,11 @@ def _prepare_sources(config: TrainConfig) -> dict[str, Any]:
     except D.DataError as exc:
         raise TrainError(str(exc)) from None
     if synth_w > 0:
-        sources["synthetic"] = {"weight": synth_w, "seeds": f"[0, {HOLDOUT_SEED_START})"}
+        sources["synthetic"] = {
+            "weight": synth_w,
+            "seeds": f"[0, {HOLDOUT_SEED_START})",
+            "realism": config.synthetic_realism,
+        }
     return {"sources": sources, "pairs": pairs}
 
 
@@ -605,6 +615,7 @@ def _make_loader(run: _Run, pairs: list[tuple[Path, Path]]) -> None:
         ),
         reuse=config.reuse,
         lowres_prob=config.lowres_prob,
+        synthetic_realism=config.synthetic_realism,
     )
     if run.aug_on_device:
         run.spatial.set_random_state(
