@@ -140,6 +140,18 @@ def test_stream_draws_synthetic_phantoms_of_the_asked_version(monkeypatch) -> No
     assert not np.array_equal(v1, labels)  # v2 adds septa: other labels than v1
 
 
+def test_stream_slab_reacquisition_changes_the_image_not_the_target(phantoms) -> None:
+    """--slab-prob 1: every image comes through a simulated slab; the 0.2 mm labels stay."""
+    kw = {"out_channels": 1, "crop": (48, 48, 32), "spatial": None, "seed": 3,
+          "pool": phantoms[0], "pool_weight": 1}  # fmt: skip
+    plain = next(iter(TrainStream(**kw)))
+    slab = next(iter(TrainStream(**kw, slab_prob=1.0)))
+    assert torch.equal(plain["target"], slab["target"]) or torch.equal(
+        plain["target"], slab["target"].flip(1)
+    )
+    assert not torch.allclose(plain["image"], slab["image"], atol=0.02)
+
+
 def test_stream_reuse_loads_one_sample_per_reuse(phantoms, monkeypatch) -> None:
     """--reuse 4: about a quarter of the draws load a sample; each use is augmented anew."""
     loads = 0

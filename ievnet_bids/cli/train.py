@@ -149,6 +149,15 @@ def _add_augmentation_options(p: argparse.ArgumentParser) -> None:
         "average, then trilinear back to 0.2 mm), as a slab looks after ROI extraction",
     )
     a.add_argument(
+        "--slab-prob",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of re-acquiring the ROI on a tilted 0.35-0.65 mm slab grid with "
+        "Rician noise on the slab voxels, then cubic back to 0.2 mm, as the participant "
+        "level extracts ROIs from SPACE slabs",
+    )
+    a.add_argument(
         "--aug-on-device",
         type=_tristate,
         default=None,
@@ -233,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pos_fraction=args.pos_fraction,
             elastic=args.elastic,
             lowres_prob=args.lowres_prob,
+            slab_prob=args.slab_prob,
             aug_on_device=args.aug_on_device,
             batch_size=args.batch_size,
             workers=args.workers,

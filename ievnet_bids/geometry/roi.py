@@ -92,10 +92,13 @@ def resample(
     *,
     order: int = 3,
     cval: float = 0.0,
+    mode: str = "constant",
 ) -> np.ndarray:
     """Resample ``data`` (on ``source_affine``) onto ``target`` by world coordinates.
 
     ``order`` 3 is cubic B-spline (images), 1 linear (probabilities), 0 nearest (labels).
+    Outside ``data``: ``cval`` (``mode`` "constant"), or any :func:`scipy.ndimage.affine_transform`
+    mode, e.g. "nearest" to extend the edge.
     """
     # voxel(target) → world → voxel(source), as one affine; entries within 1e-6 of an
     # integer are snapped to it, so that grids sharing voxel centres (e.g. a flip) map
@@ -109,7 +112,7 @@ def resample(
         offset=matrix[:3, 3],
         output_shape=target.shape,
         order=order,
-        mode="constant",
+        mode=mode,
         cval=cval,
         prefilter=order > 1,
     )

@@ -53,6 +53,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ievnet_bids.model.card import ROI_SHAPE
 from ievnet_bids.model.infer import normalize
+from ievnet_bids.synth.acquisition import (
+    MAX_TILT_DEG,
+    SNR_RANGE,
+    VOXEL_RANGE_MM,
+    reacquire,
+    sample_acquisition,
+)
 from ievnet_bids.synth.labels import other_fluid_mask, tfs_mask
 from ievnet_bids.synth.seeds import HOLDOUT_SEED_START, VAL_SEED_START, phantom_settings
 from ievnet_bids.train.pool import load_sample, write_sample
@@ -316,10 +323,18 @@ def spatial_transform(
     return t
 
 
-def augmentation_names(spatial: bool, lowres_prob: float = 0.0) -> list[str]:
+def augmentation_names(
+    spatial: bool, lowres_prob: float = 0.0, slab_prob: float = 0.0
+) -> list[str]:
     """Human-readable list of the augmentations (for the model card)."""
-    names = [
-        "minmax [0,1] of the full ROI",
+    names = ["minmax [0,1] of the full ROI"]
+    if slab_prob > 0:
+        names.append(
+            "slab re-acquisition (synth.acquisition.reacquire: cubic to a "
+            f"{VOXEL_RANGE_MM[0]:g}-{VOXEL_RANGE_MM[1]:g} mm grid tilted <= {MAX_TILT_DEG:g} deg, "
+            f"Rician SNR {SNR_RANGE[0]:g}-{SNR_RANGE[1]:g}, cubic back, minmax; prob={slab_prob})"
+        )
+    names += [
         f"RandAdjustContrastd(gamma={GAMMA}, prob={GAMMA_PROB})",
         f"RandGaussianNoised(std=0.1, prob={NOISE_PROB})",
     ]
@@ -405,6 +420,7 @@ class TrainStream(IterableDataset):
         reuse: float = 1.0,
         reservoir: int = 6,
         lowres_prob: float = 0.0,
+        slab_prob: float = 0.0,
         synthetic_realism: int = 1,
     ) -> None:
         super().__init__()
@@ -431,6 +447,7 @@ class TrainStream(IterableDataset):
         self.reuse = float(reuse)
         self.reservoir = max(1, int(reservoir))
         self.synthetic_realism = int(synthetic_realism)
+        self.slab_prob = float(slab_prob)
 
     def _load(
         self, rng: np.random.Generator, state: dict[str, Any]
@@ -497,8 +514,12 @@ class TrainStream(IterableDataset):
                         kept.append((image, target, weight))
                     else:
                         kept[int(rng.integers(len(kept)))] = (image, target, weight)
+            image = normalize(image, "minmax")
+            if self.slab_prob > 0 and rng.random() < self.slab_prob:
+                # as the pipeline extracts it from a 0.35–0.65 mm slab
+                image = normalize(reacquire(image, sample_acquisition(rng), rng), "minmax")
             d: dict[str, Any] = {
-                "image": torch.from_numpy(normalize(image, "minmax")[None]),
+                "image": torch.from_numpy(image[None]),
                 "target": torch.from_numpy(target),
             }
             d = self.pre(d)

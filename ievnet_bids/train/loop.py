@@ -74,6 +74,7 @@ class TrainConfig:
     pos_fraction: float = 2 / 3
     elastic: bool = False
     lowres_prob: float = 0.0  # coarser acquisition voxels (0.2–0.6 mm), then upsampled
+    slab_prob: float = 0.0  # re-acquired on a tilted 0.35–0.65 mm slab with its noise
     aug_on_device: bool | None = None  # None: on the device when it is CUDA
     batch_size: int = 2
     workers: int = 0
@@ -121,6 +122,7 @@ class TrainConfig:
         )
         need(0.0 <= self.pos_fraction <= 1.0, "pos_fraction must be in [0, 1]")
         need(0.0 <= self.lowres_prob <= 1.0, "lowres_prob must be in [0, 1]")
+        need(0.0 <= self.slab_prob <= 1.0, "slab_prob must be in [0, 1]")
         need(
             self.synthetic_realism in REALISM_LEVELS,
             f"synthetic_realism must be one of {REALISM_LEVELS}",
@@ -447,7 +449,9 @@ class _Run:
         return {
             "data_sources": self.sources,
             "targets": ["tfs", "other_fluid"][: config.out_channels],
-            "augmentations": D.augmentation_names(config.elastic, config.lowres_prob),
+            "augmentations": D.augmentation_names(
+                config.elastic, config.lowres_prob, config.slab_prob
+            ),
             "loss": f"{config.loss} (MONAI DiceLoss sigmoid, per sample and channel)"
             + (f", BCE weight {config.bce_weight:g}" if config.loss == "dicebce" else ""),
             "optimizer": f"Adam lr={config.lr}",
@@ -615,6 +619,7 @@ def _make_loader(run: _Run, pairs: list[tuple[Path, Path]]) -> None:
         ),
         reuse=config.reuse,
         lowres_prob=config.lowres_prob,
+        slab_prob=config.slab_prob,
         synthetic_realism=config.synthetic_realism,
     )
     if run.aug_on_device:
