@@ -228,10 +228,7 @@ def _stage_hydrops_ear(
         (hydrops.roi_els[i], D.ROI_ELS_MASK, np.uint8, sidecar),
         (hydrops.roi_structures[i], D.ROI_STRUCTURES_DSEG, np.uint8, _structures_sidecar(
             slab, common, f"cochlea, vestibule and canals of the {side} ear")),
-        (hydrops.roi_flairs[i], D.ROI_FLAIR, np.float32, {
-            "Description": f"the FLAIR registered onto the {side} ear's ROI grid",
-            "Sources": D.segmentation_sidecar(slab, **common)["Sources"],
-            "SkullStripped": False}),
+        (hydrops.roi_flairs[i], D.ROI_FLAIR, np.float32, _roi_flair_sidecar(slab, common, side)),
     )  # fmt: skip
     for path, kind, dtype, base in roi_kinds:
         img = nib.load(str(path))
@@ -244,13 +241,29 @@ def _stage_hydrops_ear(
             roi_affine=img.affine, roi_shape=data.shape, slab_affine=slab_img.affine, base=base
         )
         staging.nifti(out, side_car, **kind.entities(desc=side))
+        if kind is D.ROI_STRUCTURES_DSEG:
+            ear_labels = [row for row in D.STRUCTURE_DSEG_LABELS if row[0] == 0 or side in row[1]]
+            staging.label_table(ear_labels, **kind.entities(desc=side))
     staged, dest = staging.paths(**D.FLAIR_XFM.entities(desc=side))
     write_text_atomic(Path(hydrops.transforms[i]).read_text(), staged)
     staging.add(staged, dest)
 
 
+def _roi_flair_sidecar(slab: Path, common: dict[str, Any], side: str) -> dict[str, Any]:
+    """The ROI-grid FLAIR's sidecar: its sources and the slab it is aligned to."""
+    seg = D.segmentation_sidecar(slab, **common)
+    return {
+        "Description": f"the FLAIR registered onto the {side} ear's ROI grid",
+        "Sources": seg["Sources"],
+        "SpatialReference": seg["SpatialReference"],
+        "Side": side,
+        "SkullStripped": False,
+    }
+
+
 def _structures_sidecar(slab: Path, common: dict[str, Any], what: str) -> dict[str, Any]:
-    """A segmentation sidecar describing structure labels (``desc-structures_dseg.tsv``)."""
+    """A segmentation sidecar describing structure labels (shared with the image's own
+    ``dseg.tsv`` lookup table)."""
     base = D.segmentation_sidecar(slab, **{**common, "side": None, "centre_mm": None})
     base["Description"] = f"{what}, from a registered labelled labyrinth template (inside the TFS)"
     return base
@@ -270,3 +283,4 @@ def _stage_structures(
         dseg = np.where(labels > 0, labels + 3 * i, dseg).astype(np.uint8)
     sidecar = _structures_sidecar(slab, provenance, "cochlea, vestibule and canals of both ears")
     staging.nifti(image_like(dseg, slab_img, np.uint8), sidecar, **D.STRUCTURES_DSEG.entities())
+    staging.label_table(D.STRUCTURE_DSEG_LABELS, **D.STRUCTURES_DSEG.entities())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,23 @@ def link_tree():
 def tiny_bids():
     """``tiny_bids(root, files)``: a minimal BIDS dataset with the given files."""
     return _write_tiny_bids
+
+
+@pytest.fixture(scope="session")
+def bids_validator():
+    """``validate(folder)`` → the bids-validator's issues (errors and warnings) for ``folder``;
+    skips the test when ``bids-validator-deno`` is not installed."""
+    exe = shutil.which("bids-validator-deno") or str(
+        Path(__file__).resolve().parents[1] / ".venv" / "bin" / "bids-validator-deno"
+    )
+    if not Path(exe).exists():
+        pytest.skip("bids-validator-deno is not installed")
+
+    def validate(folder: Path) -> list[tuple[str, str, str]]:
+        proc = subprocess.run(
+            [exe, str(folder), "--json"], capture_output=True, text=True, timeout=300
+        )
+        issues = json.loads(proc.stdout)["issues"]["issues"]
+        return [(i.get("severity"), i.get("code"), i.get("location")) for i in issues]
+
+    return validate

@@ -67,6 +67,12 @@ def run(tmp_path_factory) -> dict:
     return {"bids": root / "bids", "truth": root / "truth", "out": out, "work": work}
 
 
+def test_hydrops_outputs_pass_the_bids_validator(run, bids_validator) -> None:
+    """ELS masks, structure dsegs, ROI FLAIRs and transforms: no error and no warning."""
+    issues = bids_validator(run["out"])
+    assert not issues, issues[:5]
+
+
 def test_els_outputs_lie_inside_the_tfs_and_match_the_truth(run) -> None:
     truth = json.loads((run["truth"] / "sub-01_truth.json").read_text())
     _, rows = _table(_derivative(run, "01", D.VOLUMES))
@@ -104,7 +110,16 @@ def test_structures_tile_the_tfs_of_each_ear(run) -> None:
         roi = _data(_derivative(run, "01", D.ROI_STRUCTURES_DSEG, desc=side))
         roi_tfs = _data(_derivative(run, "01", D.ROI_MASK, desc=side)) > 0
         assert np.array_equal(roi > 0, roi_tfs)
-    assert (run["out"] / "desc-structures_dseg.tsv").read_text().count("\n") == 1 + 7
+    # each structure dseg has its lookup table beside it (sharing the image's sidecar)
+    slab_table = _derivative(run, "01", D.STRUCTURES_DSEG, extension=".tsv")
+    assert slab_table.read_text().splitlines()[1:] == [
+        f"{i}\t{n}\t{a}" for i, n, a in D.STRUCTURE_DSEG_LABELS
+    ]
+    for side, first in (("left", 1), ("right", 4)):
+        table = _derivative(run, "01", D.ROI_STRUCTURES_DSEG, desc=side, extension=".tsv")
+        rows = [line.split("\t") for line in table.read_text().splitlines()[1:]]
+        assert [int(r[0]) for r in rows] == [0, first, first + 1, first + 2]
+        assert all(side in r[1] for r in rows[1:])
     _, rows = _table(_derivative(run, "01", D.VOLUMES))
     for side in SIDES:
         parts = sum(
@@ -118,7 +133,10 @@ def test_a_session_without_flair_gets_only_the_tfs_outputs(run) -> None:
     assert not set(HYDROPS_COLUMNS) & set(columns)
     names = {p.name for p in _anat(run["out"], "02").iterdir()}
     assert not [n for n in names if "ELS" in n or "FLAIR" in n or "structures" in n]
-    assert len(names) == len({p.name for p in _anat(run["out"], "01").iterdir()}) - 20
+    # per ear: ELS mask on slab and ROI grid, ROI dseg + its table, ROI FLAIR (each with a
+    # sidecar but the tables), transform; per slab: the structure dseg, sidecar and table
+    hydrops_files = 2 * (2 + 2 + 3 + 2 + 1) + 3
+    assert len(names) == len({p.name for p in _anat(run["out"], "01").iterdir()}) - hydrops_files
 
 
 def test_no_hydrops_leaves_the_tfs_masks_byte_identical(run, tmp_path) -> None:

@@ -550,17 +550,9 @@ def write_dseg_tsv(output_dir: str | Path) -> Path:
     return _write_label_table(Path(output_dir) / "desc-tfs_dseg.tsv", DSEG_LABELS, sidecar)
 
 
-def write_structures_dseg_tsv(output_dir: str | Path) -> Path:
-    """``output_dir/desc-structures_dseg.tsv``: labels of the structure ``dseg`` images
-    (hydrops outputs: ``*_desc-structures_dseg`` and ``*_space-ROI_desc-<side>_dseg``)."""
-    sidecar = {
-        "Description": "Labels of the inner-ear structure dseg images (sessions with a FLAIR): "
-        "cochlea, vestibule and semicircular canals of each ear, inside its TFS mask",
-        "SpatialReference": "each image lies on the grid named in its own sidecar (the source "
-        "slab, or the ear's 0.2 mm ROI grid)",
-    }
-    path = Path(output_dir) / "desc-structures_dseg.tsv"
-    return _write_label_table(path, STRUCTURE_DSEG_LABELS, sidecar)
+def label_rows(labels: Sequence[tuple[int, str, str]]) -> list[dict[str, Any]]:
+    """Rows of a BIDS ``dseg.tsv`` lookup table (``index``, ``name``, ``abbreviation``)."""
+    return [{"index": i, "name": n, "abbreviation": a} for i, n, a in labels]
 
 
 README_TEXT = """\
@@ -633,6 +625,11 @@ class Staging:
             staged = self.stage_dir / dest.name
         write_json_atomic(obj, staged)
         return self.add(staged, dest)
+
+    def label_table(self, labels: Sequence[tuple[int, str, str]], **entities: Any) -> Path:
+        """Stage the ``dseg.tsv`` lookup table beside the image named by ``entities``: it
+        shares the image's JSON sidecar, so nothing is inherited or overridden."""
+        return self.tsv(label_rows(labels), **{**entities, "extension": ".tsv"})
 
     def tsv(self, rows: Any, **entities: Any) -> Path:
         """Stage a TSV table (rows or a DataFrame)."""

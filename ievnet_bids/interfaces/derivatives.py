@@ -57,7 +57,7 @@ class SlabDerivativesSink(SimpleInterface):
     always_run = True
 
     def _run_interface(self, runtime):
-        from ievnet_bids.bids.derivatives import publish, write_structures_dseg_tsv
+        from ievnet_bids.bids.derivatives import publish
         from ievnet_bids.outputs import HydropsOutputs, stage_slab_outputs
         from ievnet_bids.records import HydropsRecord
 
@@ -91,7 +91,6 @@ class SlabDerivativesSink(SimpleInterface):
                 flair=Path(self.inputs.flair),
                 **{k: [Path(f) for f in getattr(self.inputs, k)] for k in LIST_OUTPUTS},
             )
-            write_structures_dseg_tsv(self.inputs.output_dir)
         staged, _ = stage_slab_outputs(
             Path(self.inputs.slab),
             ears,
