@@ -3,7 +3,9 @@
 Usage: ``python scripts/eval_hydrops.py OUTPUT_DIR TRUTH_DIR [--json FILE]`` after
 ``ievnet-synth bids --hydrops`` (truth) and the participant level (outputs). Per ear: ELS%
 of the whole ear, the cochlea and the vestibule (ours: the volumes table; truth: the exact
-0.2 mm phantom volumes), ELS Dice on the slab grid (our ELS mask against the truth's), the
+0.2 mm phantom volumes), ELS Dice on the slab grid (our ELS mask against the truth's) and on
+our 0.2 mm ROI grid (the truth's ROI-grid ELS resampled onto it, linear ≥ 0.5), the TFS
+volumes (ours on the ROI grid, the phantom's), the
 FLAIR → SPACE registration error (mean and maximum over the truth TFS voxels), the severity.
 Prints one line per ear and the summary figures of issue 14.
 """
@@ -20,6 +22,7 @@ import numpy as np
 from scipy import stats
 
 from ievnet_bids.bids import derivatives as D
+from ievnet_bids.geometry.roi import RoiGrid, resample
 
 GRADES = ("none", "mild", "moderate", "severe")
 
@@ -53,6 +56,14 @@ def evaluate(output_dir: Path, truth_dir: Path) -> list[dict]:
             tfs = np.asarray(tfs_img.dataobj) > 0
             els_truth = np.asarray(nib.load(truth_dir / f"{prefix}_desc-{side}_els.nii.gz").dataobj)
             els_ours = np.asarray(nib.load(D.sibling(tables[0], D.ELS_MASK, desc=side)).dataobj)
+            roi_ours = nib.load(D.sibling(tables[0], D.ROI_ELS_MASK, desc=side))
+            roi_truth = nib.load(truth_dir / f"{prefix}_space-ROI_desc-{side}_els.nii.gz")
+            truth_on_ours = resample(
+                np.asarray(roi_truth.dataobj, dtype=np.float32),
+                roi_truth.affine,
+                RoiGrid(roi_ours.shape, roi_ours.affine),
+                order=1,
+            )
             pts = np.c_[
                 nib.affines.apply_affine(tfs_img.affine, np.argwhere(tfs)), np.ones(tfs.sum())
             ]
@@ -71,6 +82,9 @@ def evaluate(output_dir: Path, truth_dir: Path) -> list[dict]:
                     "vestibule": float(row["vestibule_els_percent"]),
                     "vestibule_truth": vol["vestibule"]["els_percent"],
                     "els_dice_slab": _dice(els_ours > 0, els_truth > 0),
+                    "els_dice_roi": _dice(np.asarray(roi_ours.dataobj) > 0, truth_on_ours >= 0.5),
+                    "tfs_volume_mm3": float(row["volume_mm3"]),
+                    "tfs_volume_truth_mm3": vol["ear"]["tfs_mm3"],
                     "registration_mean_mm": float(err.mean()),
                     "registration_max_mm": float(err.max()),
                     "motion_deg": truth["flair"]["rotation_deg"],
@@ -103,6 +117,9 @@ def summary(rows: list[dict]) -> dict:
         "vestibule_bias": bias("vestibule", "vestibule_truth"),
         "els_dice_mean": float(np.mean([r["els_dice_slab"] for r in rows])),
         "els_dice_min": float(np.min([r["els_dice_slab"] for r in rows])),
+        "els_dice_roi_mean": float(np.mean([r["els_dice_roi"] for r in rows])),
+        "els_dice_roi_min": float(np.min([r["els_dice_roi"] for r in rows])),
+        "tfs_volume_bias_mm3": bias("tfs_volume_mm3", "tfs_volume_truth_mm3"),
         "registration_mean_mm": float(np.mean([r["registration_mean_mm"] for r in rows])),
         "registration_worst_mean_mm": float(np.max([r["registration_mean_mm"] for r in rows])),
         "registration_worst_max_mm": float(np.max([r["registration_max_mm"] for r in rows])),
@@ -128,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['ear']:<28} {r['grade']:<8} ELS% {r['els_percent']:5.1f} "
             f"(truth {r['els_percent_truth']:5.1f})  cochlea {r['cochlea']:5.1f} "
             f"({r['cochlea_truth']:5.1f})  vestibule {r['vestibule']:5.1f} "
-            f"({r['vestibule_truth']:5.1f})  Dice {r['els_dice_slab']:.3f}  "
+            f"({r['vestibule_truth']:5.1f})  "
+            f"Dice {r['els_dice_slab']:.3f}/{r['els_dice_roi']:.3f}  "
+            f"TFS {r['tfs_volume_mm3']:5.1f} ({r['tfs_volume_truth_mm3']:5.1f})  "
             f"reg {r['registration_mean_mm']:.2f}/{r['registration_max_mm']:.2f} mm"
         )
     result = summary(rows)

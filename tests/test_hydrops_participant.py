@@ -175,5 +175,6 @@ def test_group_level_reports_els_and_evaluates_it(run, tmp_path) -> None:
             assert float(row["els_percent_ref"]) == pytest.approx(expected, abs=0.01)
     html = (out / "group_tfs.html").read_text()
     assert "Endolymphatic space" in html and "ELS Dice mean" in html
-    assert "Endolymphatic space" in (out / "sub-01.html").read_text()
-    assert "Endolymphatic space" not in (out / "sub-02.html").read_text()
+    with_flair, without = (out / "sub-01.html").read_text(), (out / "sub-02.html").read_text()
+    assert "Endolymphatic space" in with_flair and 'href="#hydrops"' in with_flair
+    assert "Endolymphatic space" not in without and 'href="#hydrops"' not in without
