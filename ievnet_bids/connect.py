@@ -118,10 +118,11 @@ def connect_pieces(
     if n <= 1:
         info["n_pieces_after"] = int(n)
         return mask.astype(np.uint8), info
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    stats = cc3d.statistics(labels)  # one pass: voxel counts and centroids of every piece
+    counts = np.asarray(stats["voxel_counts"], dtype=np.int64)[1:]
     body_label = int(np.argmax(counts)) + 1
     body = labels == body_label
-    centroids = ndimage.center_of_mass(mask, labels, range(1, n + 1))
+    centroids = np.asarray(stats["centroids"], dtype=float)[1:]
     body_centre = np.asarray(centroids[body_label - 1])
     others = sorted(
         (i for i in range(1, n + 1) if i != body_label),
@@ -182,7 +183,8 @@ def close_loops(
     outer = _box(np.argwhere(out), reach, out.shape)
     skeleton = np.zeros(out.shape, dtype=bool)
     skeleton[outer] = skeletonize(out[outer]) > 0
-    tips = _tips(skeleton)
+    # the skeleton lies inside ``outer`` (a margin of ≥ 2 voxels): count neighbours there only
+    tips = _tips(skeleton[outer]) + np.array([sl.start for sl in outer])
     info["tips"] = len(tips)
     search = np.ceil((rule.max_bridge_mm + rule.min_loop_mm) / spacing).astype(int)
     cos_max = float(np.cos(np.deg2rad(rule.max_turn_deg)))

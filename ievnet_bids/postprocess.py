@@ -120,9 +120,12 @@ def score_components(
     stats = cc3d.statistics(labels)
     counts = np.asarray(stats["voxel_counts"], dtype=np.int64)[1:]
     centroids = np.asarray(stats["centroids"], dtype=float)[1:]
-    index = np.arange(1, n + 1)
     pf = prob.astype(np.float32, copy=False)
-    maxp = np.asarray(ndimage.maximum(pf, labels, index), dtype=float).reshape(-1)
+    # per-component maximum over the foreground voxels only (ndimage.maximum argsorts the
+    # whole ROI: ~1 s per ear)
+    inside = labels > 0
+    maxp = np.zeros(n, dtype=float)
+    np.maximum.at(maxp, labels[inside].astype(np.intp) - 1, pf[inside])
     cores = np.bincount(labels[pf >= params.core_prob].ravel(), minlength=n + 1)[1:]
     vol = counts * float(np.prod(spacing))
     dist = np.linalg.norm((centroids - centre_vox) * spacing, axis=1)
