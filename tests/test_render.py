@@ -51,3 +51,35 @@ def test_acquisition_blurs_a_thin_canal_below_full_signal():
     assert img[20, 30, 30] < 0.8  # tube centre
     low = apply_separable(np.ones(shape, np.float32), [_psf_matrix(60, 20, 1.27)] * 3)
     np.testing.assert_allclose(low, 1.0, rtol=1e-5)
+
+
+def test_unacquired_rendering_is_the_psf_blur_alone():
+    """acquire=False: one voxel spreads into the Gaussian of FWHM = the acquired voxel, with
+    no sampling grid and no noise (the head slabs sample and add noise themselves)."""
+    shape = (41, 41, 41)
+    lab = np.full(shape, L.BONE, np.uint8)
+    lab[20, 20, 20] = L.VESTIBULE
+    params = draw_render_params(np.random.default_rng(1), shape, acquired_mm=0.5, snr=10.0)
+    params = dataclasses.replace(params, texture_amplitude=0.0, bias_amplitude=0.0, gamma=1.0)
+    params.means[:] = 0.0
+    params.means[L.VESTIBULE] = 1.0
+    img = render_with(lab, params, acquire=False).astype(float)
+    profile = img[:, 20, 20] / img[:, 20, 20].sum()
+    x = np.arange(41) - 20
+    sigma_vox = params.acquired_mm[0] / 0.2 / 2.355
+    assert abs(float((profile * x).sum())) < 1e-6  # centred: no acquisition grid offset
+    assert np.sqrt(float((profile * x**2).sum())) == pytest.approx(sigma_vox, rel=0.02)
+    assert img[0, 0, 0] == 0.0  # noiseless far from the voxel
+    noisy = render_with(lab, params)  # acquired: sampled, Rician noise everywhere
+    assert noisy[0, 0, 0] > 0.0
+
+
+def test_unacquired_phantom_keeps_every_random_draw(labels):
+    """generate_phantom(acquire=False): same anatomy, smoother image (no noise)."""
+    acquired, raw = generate_phantom(5), generate_phantom(5, acquire=False)
+    assert np.array_equal(acquired.labels, raw.labels) and acquired.meta == raw.meta
+    bone = acquired.labels == L.BONE
+    rough = [
+        float(np.abs(np.diff(im, axis=0))[bone[1:]].mean()) for im in (acquired.image, raw.image)
+    ]
+    assert rough[1] < 0.7 * rough[0]  # measured 0.55: texture stays, noise goes

@@ -114,10 +114,13 @@ def render_flair(
     *,
     acquired_mm: float | None = None,
     snr: float | None = None,
+    acquire: bool = True,
 ) -> tuple[np.ndarray, dict]:
     """FLAIR-iMRI image (float32, 99.9th percentile 1) of ``labels`` with endolymph ``els``,
     and the drawn settings. ``snr``: perilymph SNR at the acquired voxel (default 8–20;
-    ``inf`` for none, e.g. when noise is added later at the slab's resolution)."""
+    ``inf`` for none). ``acquire=False``: the point-spread-blurred image, neither sampled
+    nor noisy, for a caller that samples it on its own FLAIR grid and adds the noise there
+    (:func:`ievnet_bids.synth.render.render_with`)."""
     tissue = flair_tissue(labels, els)
     params = draw_flair_params(
         rng, tissue.shape, spacing_mm=spacing_mm, acquired_mm=acquired_mm, snr=snr
@@ -127,7 +130,7 @@ def render_flair(
         L.LABEL_NAMES.get(int(t), "endolymph"): round(float(params.means[t]), 4)
         for t in np.unique(tissue)
     }
-    return render_with(tissue, params, spacing_mm), info
+    return render_with(tissue, params, spacing_mm, acquire=acquire), info
 
 
 def perilymph_level(image: np.ndarray, labels: np.ndarray, els: np.ndarray) -> float:

@@ -461,8 +461,13 @@ def _write_image(
         roi_centre = pose.apply(landmark) + rotation @ ears[side]["offset"]
         grid = RoiGrid.centred(roi_centre, rotation=rotation)
         if side not in first_phantoms:
+            # unacquired: the slab below is the one acquisition (sampling, noise)
             first_phantoms[side] = generate_phantom(
-                ears[side]["seed"], side=side, grid=grid, hydrops=ears[side].get("hydrops")
+                ears[side]["seed"],
+                side=side,
+                grid=grid,
+                hydrops=ears[side].get("hydrops"),
+                acquire=False,
             )
         ph = first_phantoms[side]
         phantoms[side] = (ph, grid, _moved_centre(ph, grid))
@@ -550,6 +555,7 @@ def _write_image(
                     flair_rng(ears[side]["seed"]),
                     min(ph.grid.spacing),
                     snr=float("inf"),
+                    acquire=False,  # the FLAIR slab is the one acquisition
                 )[0]
         record["flair"] = _write_flair(
             anat, ent, flair_rng_, pose, tpl, rotation, mid, phantoms, flair_rois

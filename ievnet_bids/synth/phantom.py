@@ -125,6 +125,7 @@ def generate_phantom(
     elastic_mm: float = 0.35,
     realism: int = 1,
     hydrops: float | None = None,
+    acquire: bool = True,
 ) -> Phantom:
     """Draw one phantom, deterministic for ``seed``.
 
@@ -135,6 +136,11 @@ def generate_phantom(
     ``side="left"`` is the exact mirror image (x → −x about the grid centre) of the right
     phantom of the same seed. ``grid`` defaults to the IE-Vnet ROI; its first axis must be
     left-right for the mirror to be anatomical.
+
+    ``acquire=False`` leaves the image unacquired: the anatomy blurred by the point-spread
+    function, not sampled on the acquisition grid and without noise, for a caller that samples
+    it itself (:func:`ievnet_bids.synth.head.write_bids_dataset` samples it on the slab).
+    Everything else, random draws included, is that of ``acquire=True``.
 
     ``hydrops`` ∈ [0, 1] (severity, 0 none … 1 severe) also draws the endolymphatic space
     (:mod:`ievnet_bids.synth.endolymph`) into ``Phantom.els``, from a random stream of its own:
@@ -181,7 +187,12 @@ def generate_phantom(
     if realism >= 2:
         detail_info.update(add_detail(rng_detail, labels, lab, grid, frame))
     image, render_info = render(
-        labels, rng, contrast=contrast, spacing_mm=min(grid.spacing), detail=realism >= 2
+        labels,
+        rng,
+        contrast=contrast,
+        spacing_mm=min(grid.spacing),
+        detail=realism >= 2,
+        acquire=acquire,
     )
     els = None
     if hydrops is not None:

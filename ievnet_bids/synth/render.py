@@ -225,18 +225,31 @@ def lattice_matrices(lattice: np.ndarray, shape: tuple[int, ...]) -> list[np.nda
     return [_linear_matrix(c, s) for c, s in zip(lattice.shape, shape, strict=True)]
 
 
-def render_with(labels: np.ndarray, params: RenderParams, spacing_mm: float = 0.2) -> np.ndarray:
-    """Render ``labels`` with fixed ``params`` (numpy)."""
+def render_with(
+    labels: np.ndarray, params: RenderParams, spacing_mm: float = 0.2, *, acquire: bool = True
+) -> np.ndarray:
+    """Render ``labels`` with fixed ``params`` (numpy).
+
+    ``acquire=False`` stops before the acquisition: the anatomy blurred by the point-spread
+    function on the fine grid, neither sampled on the acquisition grid nor noisy, for a
+    caller that samples it itself (the synthetic head slabs: sampling twice would blur thin
+    structures like a coarser scan).
+    """
     shape = labels.shape
     image = params.means[labels]
     lattice = params.texture_lattice
     texture = apply_separable(lattice, lattice_matrices(lattice, shape))
     image *= 1.0 + params.texture_amplitude * texture
-    down, up = acquisition_matrices(shape, params, spacing_mm)
-    low = apply_separable(image, down)  # point-spread blur + sampling on the acquisition grid
-    if params.noise is not None:  # Rician noise at the acquired resolution
-        low = np.sqrt((low + params.noise[0]) ** 2 + params.noise[1] ** 2)
-    image = apply_separable(low, up)  # scanner-style cubic interpolation to the fine grid
+    if acquire:
+        down, up = acquisition_matrices(shape, params, spacing_mm)
+        low = apply_separable(image, down)  # point-spread blur + sampling on the acquired grid
+        if params.noise is not None:  # Rician noise at the acquired resolution
+            low = np.sqrt((low + params.noise[0]) ** 2 + params.noise[1] ** 2)
+        image = apply_separable(low, up)  # scanner-style cubic interpolation to the fine grid
+    else:
+        factors = params.acquired_mm / spacing_mm
+        blur = [_psf_matrix(n, n, f / 2.355) for n, f in zip(shape, factors, strict=True)]
+        image = apply_separable(image, blur)
     bias = apply_separable(params.bias_lattice, lattice_matrices(params.bias_lattice, shape))
     image = np.clip(image * np.exp(params.bias_amplitude * bias), 0.0, None)
     peak = float(np.percentile(image, 99.9)) or 1.0
@@ -252,8 +265,10 @@ def render(
     acquired_mm: float | tuple[float, float, float] | None = None,
     snr: float | None = None,
     detail: bool = False,
+    acquire: bool = True,
 ) -> tuple[np.ndarray, dict]:
-    """Render ``labels`` to an image (float32) and return it with the drawn settings."""
+    """Render ``labels`` to an image (float32) and return it with the drawn settings
+    (``acquire``: see :func:`render_with`)."""
     params = draw_render_params(
         rng,
         labels.shape,
@@ -263,4 +278,4 @@ def render(
         snr=snr,
         detail=detail,
     )
-    return render_with(labels, params, spacing_mm), params.summary()
+    return render_with(labels, params, spacing_mm, acquire=acquire), params.summary()
