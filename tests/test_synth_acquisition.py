@@ -9,11 +9,11 @@ from ievnet_bids.geometry.roi import RoiGrid
 from ievnet_bids.synth.acquisition import (
     MAX_TILT_DEG,
     SlabAcquisition,
-    random_rotation,
     reacquire,
     sample_acquisition,
     slab_grid,
 )
+from ievnet_bids.synth.anatomy import random_rotation
 
 SHAPE = (60, 50, 40)  # a small ROI at 0.2 mm keeps the tests fast
 

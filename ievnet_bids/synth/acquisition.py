@@ -21,6 +21,7 @@ import numpy as np
 
 from ievnet_bids.geometry.extract import box_around, sub_grid
 from ievnet_bids.geometry.roi import ROI_SPACING_MM, RoiGrid, resample
+from ievnet_bids.synth.anatomy import random_rotation
 
 VOXEL_RANGE_MM = (0.35, 0.65)  # slab voxel edge (isotropic before the per-axis jitter)
 AXIS_JITTER = 0.1  # each axis ×U(1 − j, 1 + j)
@@ -38,15 +39,6 @@ class SlabAcquisition:
     rotation: np.ndarray
     phase: np.ndarray  # slab grid offset in slab voxels, each in [0, 1)
     snr: float
-
-
-def random_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
-    """Rotation about a uniformly random axis by an angle uniform in [0, ``max_deg``]."""
-    axis = rng.standard_normal(3)
-    axis /= np.linalg.norm(axis)
-    angle = np.deg2rad(rng.uniform(0.0, max_deg))
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
 
 
 def sample_acquisition(rng: np.random.Generator) -> SlabAcquisition:
