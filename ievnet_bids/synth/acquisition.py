@@ -22,6 +22,7 @@ import numpy as np
 from ievnet_bids.geometry.extract import box_around, sub_grid
 from ievnet_bids.geometry.roi import ROI_SPACING_MM, RoiGrid, resample
 from ievnet_bids.synth.anatomy import random_rotation
+from ievnet_bids.synth.render import rician
 
 VOXEL_RANGE_MM = (0.35, 0.65)  # slab voxel edge (isotropic before the per-axis jitter)
 AXIS_JITTER = 0.1  # each axis ×U(1 − j, 1 + j)
@@ -80,8 +81,5 @@ def reacquire(
     slab = slab_grid(roi, acq)
     values = resample(image, roi.affine, slab, order=3, mode="nearest")  # no empty border
     fluid = float(np.percentile(image, FLUID_PERCENTILE))
-    sd = fluid / acq.snr
-    real = values + sd * rng.standard_normal(values.shape, dtype=np.float32)
-    imag = sd * rng.standard_normal(values.shape, dtype=np.float32)
-    values = np.sqrt(real * real + imag * imag)  # Rician magnitude, as the head slabs
+    values = rician(rng, values, fluid / acq.snr)  # as the head slabs
     return np.clip(resample(values, slab.affine, roi, order=3), 0.0, None)

@@ -51,7 +51,7 @@ from ievnet_bids.synth import labels as L
 from ievnet_bids.synth.endolymph import HYDROPS_GRADES, STRUCTURE_VALUES, grade_range, structure_map
 from ievnet_bids.synth.flair import flair_rng, perilymph_level, render_flair
 from ievnet_bids.synth.phantom import Phantom, generate_phantom
-from ievnet_bids.synth.render import smooth_field
+from ievnet_bids.synth.render import rician, smooth_field
 from ievnet_bids.templates import load_template
 
 BIDS_VERSION = "1.10.0"
@@ -190,12 +190,6 @@ def write_json(path: Path, obj: dict) -> Path:
     return write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
 
 
-def _rician(rng: np.random.Generator, image: np.ndarray, sd: float) -> np.ndarray:
-    re = image + sd * rng.standard_normal(image.shape, dtype=np.float32)
-    im = sd * rng.standard_normal(image.shape, dtype=np.float32)
-    return np.sqrt(re * re + im * im)
-
-
 def _bias(rng: np.random.Generator, shape: tuple[int, ...], strength: float) -> np.ndarray:
     return np.exp(strength * smooth_field(rng, shape, 3)).astype(np.float32)
 
@@ -283,7 +277,7 @@ def _make_t1(
     img = _resample_linear(tpl.t1, pose.matrix @ tpl.affine, grid)
     scale = rng.uniform(0.8, 1.6)
     img *= scale * _bias(rng, grid.shape, rng.uniform(0.03, 0.12))
-    img = _rician(rng, img, rng.uniform(0.01, 0.03) * 390.0 * scale)
+    img = rician(rng, img, rng.uniform(0.01, 0.03) * 390.0 * scale)
     return np.round(img).clip(0, 32767).astype(np.int16), grid
 
 
@@ -514,7 +508,7 @@ def _write_image(
         }
     image *= _bias(rng, slab.shape, rng.uniform(0.03, 0.1))
     snr = rng.uniform(20.0, 40.0)
-    image = _rician(rng, image, fluid_level / snr)
+    image = rician(rng, image, fluid_level / snr)
     t2 = np.round(image).clip(0, 32767).astype(np.int16)
     t2_path = save_nifti(t2, slab.affine, anat / f"{ent}_acq-space_T2w.nii.gz")
     write_json(anat / f"{ent}_acq-space_T2w.json", T2_SIDECAR)
@@ -659,7 +653,7 @@ def _write_flair(
         }
     image *= _bias(rng, slab.shape, rng.uniform(0.03, 0.1))
     snr = rng.uniform(8.0, 20.0)
-    image = _rician(rng, image, level / snr)
+    image = rician(rng, image, level / snr)
     flair = np.round(image).clip(0, 32767).astype(np.int16)
     save_nifti(flair, slab.affine, anat / f"{ent}_{FLAIR_SUFFIX}.nii.gz")
     write_json(anat / f"{ent}_{FLAIR_SUFFIX}.json", FLAIR_SIDECAR)

@@ -108,6 +108,14 @@ def _psf_matrix(n_in: int, n_out: int, sigma_in: float) -> np.ndarray:
     return m / m.sum(axis=1, keepdims=True)
 
 
+def rician(rng: np.random.Generator, image: np.ndarray, sd: float) -> np.ndarray:
+    """Magnitude of ``image`` plus complex Gaussian noise of ``sd`` per channel (float32 draws:
+    the real part first, then the imaginary part)."""
+    re = image + sd * rng.standard_normal(image.shape, dtype=np.float32)
+    im = sd * rng.standard_normal(image.shape, dtype=np.float32)
+    return np.sqrt(re * re + im * im)
+
+
 def apply_separable(volume: np.ndarray, matrices: list[np.ndarray]) -> np.ndarray:
     """Apply one (n_out, n_in) matrix along each axis of a 3-D volume."""
     out = np.asarray(volume, dtype=np.float32)
