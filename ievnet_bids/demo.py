@@ -27,6 +27,8 @@ def _dice_table(out: Path, truth: Path) -> list[str]:
     lines = []
     for ref in sorted(truth.glob("sub-*_desc-*_tfs.nii.gz")):  # the phantoms' ground truth
         entities, _, _ = D.parse_bids_name(ref)
+        if "space" in entities:  # the phantom's own ROI-grid truth; the slab grid's is scored
+            continue
         side, stem = entities["desc"], D.source_prefix(ref)
         where = {"sub": entities["sub"], "ses": entities.get("ses")}
         found = D.find_derivatives(out, D.TFS_MASK, where, desc=side)

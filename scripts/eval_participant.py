@@ -8,7 +8,10 @@ Builds (once, in ``ROOT``) the dataset the participant tests use (``tests/confte
 another one (a calibration set: never choose anything on the test dataset), runs
 ``ievnet-bids … participant`` with the given model, and prints per ear: Dice against the
 phantom ground truth on the slab grid, predicted and true volume (mm³), the localizer and
-the QC flags (on these intact phantoms every flag is a false alarm).
+the QC flags; and on the 0.2 mm ROI grid, against the phantom's own TFS: Dice, canal recall
+and canal loops of truth and mask. These phantoms are intact: a flag is a false alarm unless
+the mask itself is defective (``missing_canal_loop`` with fewer loops than the truth is the
+model breaking a canal, which the flag reports correctly).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from ievnet_bids.bids.derivatives import read_tsv
 from ievnet_bids.cli.run import main as run_main
@@ -32,8 +36,41 @@ TEST_DATASET_SEED = 11  # tests/conftest.py SYNTH_BIDS_SEED
 SIDES = ("left", "right")
 
 
+def roi_scores(roi_mask: nib.Nifti1Image, truth_roi: nib.Nifti1Image) -> dict[str, object]:
+    """ROI-grid scores of a predicted mask against the phantom's own 0.2 mm TFS (resampled
+    onto the prediction's ROI grid): Dice, canal recall (the fraction of the truth's thin
+    parts, :func:`~ievnet_bids.train.loop.thin_structure`, inside the mask) and the canal
+    loops (:func:`ievnet_bids.qc.topology`) of truth and prediction."""
+    import torch
+
+    from ievnet_bids.qc import topology
+    from ievnet_bids.train.loop import thin_structure
+
+    to_truth = np.linalg.inv(truth_roi.affine) @ roi_mask.affine
+    ref = (
+        ndimage.affine_transform(
+            np.asarray(truth_roi.dataobj, dtype=np.float32),
+            to_truth[:3, :3],
+            to_truth[:3, 3],
+            output_shape=roi_mask.shape,
+            order=1,
+        )
+        >= 0.5
+    )
+    pred = np.asarray(roi_mask.dataobj) > 0
+    spacing = tuple(float(z) for z in roi_mask.header.get_zooms()[:3])
+    thin = thin_structure(torch.from_numpy(ref[None, None].astype(np.float32)))[0, 0].numpy() > 0
+    return {
+        "roi_dice": round(dice(pred, ref), 4),
+        "canal_recall": round(float(pred[thin].mean()), 4) if thin.any() else "n/a",
+        "loops_truth": topology(ref, spacing).canal_loops,
+        "loops_pred": topology(pred, spacing).canal_loops,
+    }
+
+
 def score(bids: Path, truth: Path, out: Path) -> list[dict[str, object]]:
-    """Per-ear Dice and volumes of the participant outputs in ``out``."""
+    """Per-ear Dice and volumes of the participant outputs in ``out`` (and, where the truth
+    holds the phantoms' ROI-grid TFS, :func:`roi_scores`)."""
     rows: list[dict[str, object]] = []
     for slab in sorted(bids.glob("sub-*/**/anat/*_acq-space_T2w.nii.gz")):
         prefix = slab.name.split("_acq-")[0]
@@ -45,17 +82,20 @@ def score(bids: Path, truth: Path, out: Path) -> list[dict[str, object]]:
             name = f"{prefix}_acq-space_space-orig_label-TFS_desc-{side}_mask.nii.gz"
             pred = np.asanyarray(nib.load(anat / name).dataobj) > 0
             ref = np.asanyarray(nib.load(truth / f"{prefix}_desc-{side}_tfs.nii.gz").dataobj) > 0
-            rows.append(
-                {
-                    "image": prefix,
-                    "side": side,
-                    "dice": round(dice(pred, ref), 4),
-                    "volume_pred_mm3": round(pred.sum() * voxel_mm3, 1),
-                    "volume_ref_mm3": round(ref.sum() * voxel_mm3, 1),
-                    "localizer": table[side]["localizer"],
-                    "qc_flags": table[side]["qc_flags"],
-                }
-            )
+            row: dict[str, object] = {
+                "image": prefix,
+                "side": side,
+                "dice": round(dice(pred, ref), 4),
+                "volume_pred_mm3": round(pred.sum() * voxel_mm3, 1),
+                "volume_ref_mm3": round(ref.sum() * voxel_mm3, 1),
+                "localizer": table[side]["localizer"],
+                "qc_flags": table[side]["qc_flags"],
+            }
+            truth_roi = truth / f"{prefix}_space-ROI_desc-{side}_tfs.nii.gz"
+            if truth_roi.is_file():
+                roi = f"{prefix}_acq-space_space-ROI_label-TFS_desc-{side}_mask.nii.gz"
+                row |= roi_scores(nib.load(anat / roi), nib.load(truth_roi))
+            rows.append(row)
     return rows
 
 
@@ -105,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {tag}: Dice min {min(dices):.4f} mean {np.mean(dices):.4f}; "
           f"{sum(d >= 0.9 for d in dices)}/{len(dices)} ears >= 0.9; "
           f"{len(flagged)}/{len(rows)} ears flagged")  # fmt: skip
+    if all("roi_dice" in r for r in rows):
+        roi = [float(r["roi_dice"]) for r in rows]  # type: ignore[arg-type]
+        recall = [float(r["canal_recall"]) for r in rows if r["canal_recall"] != "n/a"]  # type: ignore[arg-type]
+        broken = sum(int(r["loops_pred"]) < int(r["loops_truth"]) for r in rows)  # type: ignore[call-overload]
+        print(f"# ROI grid: Dice min {min(roi):.4f} mean {np.mean(roi):.4f}; canal recall "
+              f"min {min(recall):.3f} mean {np.mean(recall):.3f}; "
+              f"{broken}/{len(rows)} masks with fewer canal loops than their truth")  # fmt: skip
     return 0
 
 

@@ -98,8 +98,11 @@ def reports(synth_bids: Path, tmp_path_factory) -> dict[str, Path]:
     refs = root / "refs"
     refs.mkdir()
     truth = synth_bids.parent / "truth"
-    for mask in truth.glob("sub-01_*_desc-*_tfs.nii.gz"):
-        prefix, side = re.match(r"(sub-01_ses-\d+)_desc-(left|right)_tfs", mask.name).groups()
+    for mask in truth.glob("sub-01_ses-*_desc-*_tfs.nii.gz"):
+        slab_truth = re.fullmatch(r"(sub-01_ses-\d+)_desc-(left|right)_tfs\.nii\.gz", mask.name)
+        if slab_truth is None:  # the phantoms' ROI-grid truth
+            continue
+        prefix, side = slab_truth.groups()
         name = f"{prefix}_acq-space_space-orig_label-TFS_desc-{side}_mask.nii.gz"
         shutil.copy2(mask, refs / name)
     code = main([str(bids), str(out), "group", "--reference-dir", str(refs)])

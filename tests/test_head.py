@@ -23,7 +23,8 @@ ANAT = re.compile(
 )
 TOP_LEVEL = {"dataset_description.json", "participants.tsv", "participants.json", "README"}
 TRUTH = re.compile(
-    r"^sub-[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?_(?:desc-(?:left|right)_tfs\.nii\.gz|truth\.json)$"
+    r"^sub-[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?_"
+    r"(?:(?:space-ROI_)?desc-(?:left|right)_tfs\.nii\.gz|truth\.json)$"
 )
 
 
@@ -72,7 +73,7 @@ def test_bids_layout(single):
     assert side["PulseSequenceType"] == "SPACE" and side["MagneticFieldStrength"] == 3
     assert side["MRAcquisitionType"] == "3D" and 0 < side["EchoTime"] < side["RepetitionTime"]
     truth_files = _files(truth)
-    assert len(truth_files) == 3 and all(TRUTH.match(f) for f in truth_files), truth_files
+    assert len(truth_files) == 5 and all(TRUTH.match(f) for f in truth_files), truth_files
     assert len(summary["images"]) == 1
 
 
@@ -147,7 +148,11 @@ def test_deterministic_and_sessions_consistent(single, two_sessions):
         mb = np.asarray(nib.load(img_b["masks"][side]).dataobj)
         assert np.array_equal(ma, mb)
     ta, tb = (json.loads(Path(i["truth"]).read_text()) for i in (img_a, img_b))
-    assert ta["ears"] == tb["ears"]
+
+    def anatomy(ears: dict) -> dict:  # the truth file names carry the session
+        return {side: {k: v for k, v in e.items() if k != "roi_truth"} for side, e in ears.items()}
+
+    assert anatomy(ta["ears"]) == anatomy(tb["ears"])
     assert ta["head_pose_template_to_scanner"] == tb["head_pose_template_to_scanner"]
     # the second session: same anatomy (labyrinth volume, seeds), a different pose
     t2nd = json.loads(Path(b["images"][1]["truth"]).read_text())
@@ -186,3 +191,31 @@ def test_template_landmarks():
     for ear in (left, right):
         i, j, k = np.round(_world_to_voxel(t1.affine, ear)).astype(int)
         assert t1_data[i, j, k] < 0.5 * np.percentile(t1_data[t1_data > 50], 50)
+
+
+def test_roi_grid_truth_is_the_phantom_tfs_at_0p2_mm(single):
+    """The ROI-grid truth: 200×150×100 at 0.2 mm on the recorded grid, the recorded volume,
+    all three canal loops, and on the slab the same labyrinth as the slab truth."""
+    from ievnet_bids.qc import topology
+
+    summary, _, truth = single
+    record = json.loads(Path(summary["images"][0]["truth"]).read_text())
+    for side, ear in record["ears"].items():
+        roi = nib.load(truth / ear["roi_truth"])
+        assert roi.shape == (200, 150, 100)
+        assert np.allclose(roi.affine, ear["roi_grid"]["affine"])
+        tfs = np.asarray(roi.dataobj) > 0
+        assert tfs.sum() * 0.008 == pytest.approx(ear["tfs_volume_mm3_roi"], rel=1e-6)
+        assert topology(tfs, 0.2).canal_loops >= 3, side  # septa may add thin loops
+        slab_img = nib.load(summary["images"][0]["masks"][side])
+        slab_to_roi = np.linalg.inv(roi.affine) @ slab_img.affine
+        on_slab = ndimage.affine_transform(
+            tfs.astype(np.float32),
+            slab_to_roi[:3, :3],
+            slab_to_roi[:3, 3],
+            output_shape=slab_img.shape,
+            order=1,
+        )
+        slab_tfs = np.asarray(slab_img.dataobj) > 0
+        agree = 2 * (slab_tfs & (on_slab >= 0.5)).sum() / (slab_tfs.sum() + (on_slab >= 0.5).sum())
+        assert agree > 0.97, (side, agree)

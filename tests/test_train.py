@@ -152,15 +152,35 @@ def test_stream_slab_reacquisition_changes_the_image_not_the_target(phantoms) ->
     assert not torch.allclose(plain["image"], slab["image"], atol=0.02)
 
 
+def test_stream_slab_samples_are_rendered_unacquired(monkeypatch) -> None:
+    """With the slab re-acquisition, a fresh phantom skips its own acquisition (the slab is
+    its one acquisition, as in the synthetic heads); without it, the phantom is acquired."""
+    from ievnet_bids.synth import phantom as synth_phantom
+
+    real_generate = synth_phantom.generate_phantom
+    acquired: list[bool] = []
+
+    def recording_generate(seed, **kw):
+        acquired.append(kw["acquire"])
+        return real_generate(seed, **kw)
+
+    monkeypatch.setattr(synth_phantom, "generate_phantom", recording_generate)
+    kw = {"out_channels": 1, "crop": (48, 48, 32), "spatial": None, "seed": 5,
+          "synthetic_weight": 1}  # fmt: skip
+    next(iter(TrainStream(**kw, slab_prob=1.0)))
+    next(iter(TrainStream(**kw)))
+    assert acquired == [False, True]
+
+
 def test_stream_reuse_loads_one_sample_per_reuse(phantoms, monkeypatch) -> None:
     """--reuse 4: about a quarter of the draws load a sample; each use is augmented anew."""
     loads = 0
     real_load = TrainStream._load
 
-    def counting_load(self, rng, state):
+    def counting_load(self, rng, state, acquire=True):
         nonlocal loads
         loads += 1
-        return real_load(self, rng, state)
+        return real_load(self, rng, state, acquire)
 
     monkeypatch.setattr(TrainStream, "_load", counting_load)
     stream = TrainStream(
@@ -240,6 +260,51 @@ def test_masked_loss_weights_bce_and_channels() -> None:
     other[1, 1] = 5.0
     torch.testing.assert_close(MaskedLoss("dicebce")(other, target, weight),
                                MaskedLoss("dicebce")(logits, target, weight))  # fmt: skip
+
+
+def test_thin_structure_finds_canals_not_the_vestibule() -> None:
+    """A tube 5 voxels across (a 1 mm canal at 0.2 mm) is thin everywhere; a ball 20 voxels
+    across (a 4 mm vestibule) only on its rim (< 5 %)."""
+    from ievnet_bids.train.loop import thin_structure
+
+    x, y, z = torch.meshgrid(torch.arange(60.0), torch.arange(40.0), torch.arange(40.0),
+                             indexing="ij")  # fmt: skip
+    tube = ((y - 8) ** 2 + (z - 8) ** 2) <= 2.5**2
+    ball = ((x - 30) ** 2 + (y - 26) ** 2 + (z - 26) ** 2) <= 10**2
+    target = (tube | ball).float()[None, None]
+    thin = thin_structure(target)[0, 0] > 0
+    assert thin[tube].all()
+    assert 0 < thin[ball].float().mean() < 0.05
+    assert not thin[~(tube | ball)].any()
+
+
+def test_thin_weight_makes_a_missed_canal_cost_more() -> None:
+    """--thin-weight W: missing the canal costs more BCE than missing as many vestibule voxels;
+    with W = 0 both cost the same."""
+    from ievnet_bids.train.loop import MaskedLoss
+
+    x, y, z = torch.meshgrid(torch.arange(60.0), torch.arange(40.0), torch.arange(40.0),
+                             indexing="ij")  # fmt: skip
+    tube = ((y - 8) ** 2 + (z - 8) ** 2) <= 2.5**2
+    ball = ((x - 30) ** 2 + (y - 26) ** 2 + (z - 26) ** 2) <= 10**2
+    target = (tube | ball).float()[None, None]
+    perfect = torch.where(target > 0, 8.0, -8.0)
+    no_canal = torch.where(tube[None, None], -8.0, perfect)
+    # as many voxels missed in the ball's core as the tube has
+    core = torch.zeros_like(ball)
+    order = ((x - 30) ** 2 + (y - 26) ** 2 + (z - 26) ** 2).flatten().argsort()
+    core.view(-1)[order[: int(tube.sum())]] = True
+    no_core = torch.where(core[None, None], -8.0, perfect)
+    weight = torch.ones(1, 1)
+
+    def bce_part(logits: torch.Tensor, w: float) -> float:
+        total = MaskedLoss("dicebce", thin_weight=w)(logits, target, weight)
+        return float(total - MaskedLoss("dice")(logits, target, weight))
+
+    assert bce_part(no_canal, 0.0) == pytest.approx(bce_part(no_core, 0.0), rel=1e-3)
+    assert bce_part(no_canal, 4.0) > 3 * bce_part(no_core, 4.0)
+    with pytest.raises(ValueError, match="thin_weight"):
+        TrainConfig(run_dir=Path("x"), loss="dice", thin_weight=1.0)
 
 
 def test_lowres_augmentation_blurs_the_image_only() -> None:

@@ -185,6 +185,14 @@ def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
         "--bce-weight", type=float, default=1.0, metavar="W", help="BCE weight of --loss dicebce"
     )
     o.add_argument(
+        "--thin-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="extra BCE weight (x 1+W) on thin target parts, the semicircular canals "
+        "(voxels outside the opening of the target by a 1.4 mm cube); --loss dicebce only",
+    )
+    o.add_argument(
         "--amp", type=_tristate, default=None, metavar="{auto,on,off}",
         help="bf16 autocast on CUDA",
     )  # fmt: skip
@@ -250,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lr=args.lr,
             loss=args.loss,
             bce_weight=args.bce_weight,
+            thin_weight=args.thin_weight,
             amp=args.amp,
             compile=args.compile,
             val_seeds=args.val_seeds,

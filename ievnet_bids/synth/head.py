@@ -517,6 +517,11 @@ def _write_image(
     for side in SIDES:
         p = truth / f"{ent}_desc-{side}_tfs.nii.gz"
         mask_paths[side] = str(save_nifti(masks[side], slab.affine, p))
+        # the phantom's own 0.2 mm TFS on its ROI grid: the reference for ROI-grid scores
+        # and topology (on the 0.5 mm slab grid thin canals break or merge)
+        ph, grid, _ = phantoms[side]
+        p = truth / f"{ent}_space-ROI_desc-{side}_tfs.nii.gz"
+        ear_truth[side]["roi_truth"] = save_nifti(ph.tfs.astype(np.uint8), grid.affine, p).name
     record = {
         "subject": sub,
         "session": ses,

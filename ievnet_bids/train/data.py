@@ -332,7 +332,8 @@ def augmentation_names(
         names.append(
             "slab re-acquisition (synth.acquisition.reacquire: cubic to a "
             f"{VOXEL_RANGE_MM[0]:g}-{VOXEL_RANGE_MM[1]:g} mm grid tilted <= {MAX_TILT_DEG:g} deg, "
-            f"Rician SNR {SNR_RANGE[0]:g}-{SNR_RANGE[1]:g}, cubic back, minmax; prob={slab_prob})"
+            f"Rician SNR {SNR_RANGE[0]:g}-{SNR_RANGE[1]:g}, cubic back, minmax; prob={slab_prob}; "
+            "fresh phantoms rendered unacquired, so the slab is their one acquisition)"
         )
     names += [
         f"RandAdjustContrastd(gamma={GAMMA}, prob={GAMMA_PROB})",
@@ -450,9 +451,10 @@ class TrainStream(IterableDataset):
         self.slab_prob = float(slab_prob)
 
     def _load(
-        self, rng: np.random.Generator, state: dict[str, Any]
+        self, rng: np.random.Generator, state: dict[str, Any], acquire: bool = True
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(image, target, weight) of one untransformed sample."""
+        """(image, target, weight) of one untransformed sample; ``acquire=False`` renders a
+        synthetic phantom without its own acquisition (for the slab re-acquisition)."""
         source = SOURCES[int(rng.choice(3, p=self.probs))]
         ones = np.ones(self.out_channels, dtype=np.float32)
         if source == "pool":
@@ -474,7 +476,9 @@ class TrainStream(IterableDataset):
             from ievnet_bids.synth.phantom import generate_phantom
 
             seed = int(rng.integers(0, HOLDOUT_SEED_START))
-            ph = generate_phantom(seed, **phantom_settings(seed), realism=self.synthetic_realism)
+            ph = generate_phantom(
+                seed, **phantom_settings(seed), realism=self.synthetic_realism, acquire=acquire
+            )
             return ph.image, make_target(ph.labels, self.out_channels), ones
         image_path, mask_path = self.data_pairs[int(rng.integers(len(self.data_pairs)))]
         image, mask = load_pair(image_path, mask_path)
@@ -492,17 +496,20 @@ class TrainStream(IterableDataset):
         if spatial is not None:
             spatial.set_random_state(int(rng.integers(2**31)))
         state: dict[str, Any] = {"files": [], "drawn": 0}
-        kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        kept: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]] = []
         retries = 0
         while True:
             # With reuse > 1 a loaded sample joins a small reservoir and each draw takes a
             # new sample with probability 1/reuse (always while the reservoir fills), else
             # a kept one: every sample is used ``reuse`` times on average.
             if self.reuse > 1.0 and len(kept) >= self.reservoir and rng.random() >= 1 / self.reuse:
-                image, target, weight = kept[int(rng.integers(len(kept)))]
+                image, target, weight, slab = kept[int(rng.integers(len(kept)))]
             else:
+                # a slab sample's phantom is rendered unacquired: the slab is its one
+                # acquisition, as in the synthetic heads (pool files are already acquired)
+                slab = self.slab_prob > 0 and rng.random() < self.slab_prob
                 try:
-                    image, target, weight = self._load(rng, state)
+                    image, target, weight = self._load(rng, state, acquire=not slab)
                 except _RetryError:
                     retries += 1
                     if retries > 20:
@@ -511,11 +518,11 @@ class TrainStream(IterableDataset):
                 retries = 0
                 if self.reuse > 1.0:
                     if len(kept) < self.reservoir:
-                        kept.append((image, target, weight))
+                        kept.append((image, target, weight, slab))
                     else:
-                        kept[int(rng.integers(len(kept)))] = (image, target, weight)
+                        kept[int(rng.integers(len(kept)))] = (image, target, weight, slab)
             image = normalize(image, "minmax")
-            if self.slab_prob > 0 and rng.random() < self.slab_prob:
+            if slab:
                 # as the pipeline extracts it from a 0.35–0.65 mm slab
                 image = normalize(reacquire(image, sample_acquisition(rng), rng), "minmax")
             d: dict[str, Any] = {
