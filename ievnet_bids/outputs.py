@@ -97,8 +97,8 @@ def stage_slab_outputs(
     rows = []
     for side in SIDES:
         ear = ears[side]
-        mask = np.asanyarray(nib.load(str(ear["mask"])).dataobj) > 0
-        prob = np.asanyarray(nib.load(str(ear["prob"])).dataobj, dtype=np.float32)
+        mask_img = nib.load(str(ear["mask"]))
+        mask = np.asanyarray(mask_img.dataobj) > 0
         dseg[mask] = DSEG_VALUE[side]
         common = {
             "side": side,
@@ -110,16 +110,17 @@ def stage_slab_outputs(
             "inference": inference,
             "template": template,
         }
-        staging.nifti(
-            image_like(mask, slab_img, np.uint8),
+        _stage_on_grid(
+            staging,
+            Path(ear["mask"]),
+            slab_img,
+            np.uint8,
             D.mask_sidecar(slab, **common),
-            **D.TFS_MASK.entities(desc=side),
+            D.TFS_MASK.entities(desc=side),
         )
-        staging.nifti(
-            image_like(prob, slab_img, np.float32),
-            D.segmentation_sidecar(slab, **common),
-            **D.TFS_PROBSEG.entities(desc=side),
-        )
+        _stage_on_grid(staging, Path(ear["prob"]), slab_img, np.float32,
+                       D.segmentation_sidecar(slab, **common),
+                       D.TFS_PROBSEG.entities(desc=side))  # fmt: skip
         if rois is not None:
             _stage_roi_outputs(staging, slab, slab_img, side, rois[side], common)
         qc = ear["qc"]
@@ -180,7 +181,6 @@ def _stage_roi_outputs(
              ("mask", D.ROI_MASK, np.uint8))  # fmt: skip
     for key, kind, dtype in kinds:
         img = nib.load(str(files[key]))
-        data = np.asanyarray(img.dataobj).astype(dtype)
         base = (
             D.mask_sidecar(slab, **common)
             if key == "mask"
@@ -191,11 +191,48 @@ def _stage_roi_outputs(
             base["Description"] = f"the slab resampled onto the {side} ear's ROI grid"
             base["SkullStripped"] = False
         sidecar = D.roi_sidecar(
-            roi_affine=img.affine, roi_shape=data.shape, slab_affine=slab_img.affine, base=base
+            roi_affine=img.affine, roi_shape=img.shape[:3], slab_affine=slab_img.affine, base=base
         )
-        out = nib.Nifti1Image(data, img.affine)
-        out.header.set_xyzt_units("mm")
-        staging.nifti(out, sidecar, **kind.entities(desc=side))
+        _stage_on_grid(staging, Path(files[key]), img, dtype, sidecar, kind.entities(desc=side))
+
+
+def _stage_on_grid(
+    staging: D.Staging,
+    path: Path,
+    grid_img: Any,
+    dtype: type,
+    sidecar: dict[str, Any],
+    entities: dict[str, Any],
+) -> None:
+    """Stage the image file ``path`` as a derivative on ``grid_img``'s grid with ``dtype``:
+    copied as it is when it already is exactly that (:func:`image_like`'s header, compressed:
+    the work-folder images are written so), else decoded and written anew."""
+    img = nib.load(str(path))
+    same = path.name.endswith(".nii.gz") and _is_image_like(img, grid_img, dtype)
+    if same:
+        staging.nifti_file(path, sidecar, **entities)
+        return
+    data = np.asanyarray(img.dataobj).astype(dtype)
+    staging.nifti(image_like(data, grid_img, dtype), sidecar, **entities)
+
+
+def _is_image_like(img: Any, grid_img: Any, dtype: type) -> bool:
+    """Whether ``img`` is stored as :func:`image_like` stores ``dtype`` data on
+    ``grid_img``'s grid: dtype, shape, affine, units, sform/qform codes, no scaling."""
+    header = img.header
+    if not isinstance(header, nib.Nifti1Header):
+        return False
+    like = image_like(np.zeros((1, 1, 1), dtype), grid_img, dtype).header
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    return (
+        header.get_data_dtype() == np.dtype(dtype)
+        and img.shape[:3] == grid_img.shape[:3]
+        and np.array_equal(img.affine, grid_img.affine)
+        and header.get_xyzt_units() == like.get_xyzt_units()
+        and all(int(header[k]) == int(like[k]) for k in ("sform_code", "qform_code"))
+        and (np.isnan(slope) or slope in (0.0, 1.0))
+        and (np.isnan(inter) or inter == 0.0)
+    )
 
 
 def _els_description(ear: EarHydrops) -> dict[str, Any]:

@@ -7,6 +7,7 @@ map-back nodes call them.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from ievnet_bids.postprocess import CleanupParams
 from ievnet_bids.records import EarResult
 
 RECENTRE_TOLERANCE_MM = 2.0
+PROB_STEP = 2.0**-16
+"""Probabilities are stored on this grid (float32): the network's sigmoid is nowhere exactly
+0, and its noisy low bits made a ROI ``probseg`` 11 MB compressed (1.1 MB on the grid) and
+the slowest file to write; thresholds at multiples of it (0.5) select the same voxels."""
 
 
 @dataclass
@@ -32,6 +37,7 @@ class EarRoi:
     prob: np.ndarray | None = None
     mask: np.ndarray | None = None
     info: dict[str, Any] | None = None
+    source: Path | None = None  # the ROI image file ``image`` was read from (saved as a copy)
 
 
 def roi_image(data: np.ndarray, grid: RoiGrid) -> nib.Nifti1Image:
@@ -193,17 +199,27 @@ def map_back_ear(
     return native_prob, native_mask.astype(np.uint8)
 
 
+def stored_probability(prob: np.ndarray) -> np.ndarray:
+    """``prob`` as float32 on the :data:`PROB_STEP` grid, as the probability files hold it."""
+    return (np.round(np.asarray(prob, dtype=np.float32) / PROB_STEP) * PROB_STEP).astype(np.float32)
+
+
 def save_ear(ear: EarRoi, folder: Path) -> dict[str, Path]:
-    """Write an ear's ROI image, probability and mask as NIfTI on the ROI grid."""
+    """Write an ear's ROI image, probability (:func:`stored_probability`) and mask as NIfTI
+    on the ROI grid; an image read from a file (``ear.source``) is copied, not re-encoded."""
     folder.mkdir(parents=True, exist_ok=True)
     out = {
         "image": folder / f"roi_{ear.side}_image.nii.gz",
         "prob": folder / f"roi_{ear.side}_prob.nii.gz",
         "mask": folder / f"roi_{ear.side}_mask.nii.gz",
     }
-    nib.save(roi_image(ear.image.astype(np.float32), ear.grid), out["image"])
+    source = ear.source
+    if source is not None and source.name.endswith(".nii.gz") and source != out["image"]:
+        shutil.copyfile(source, out["image"])
+    else:
+        nib.save(roi_image(ear.image.astype(np.float32), ear.grid), out["image"])
     if ear.prob is not None:
-        nib.save(roi_image(ear.prob.astype(np.float32), ear.grid), out["prob"])
+        nib.save(roi_image(stored_probability(ear.prob), ear.grid), out["prob"])
     if ear.mask is not None:
         nib.save(roi_image(ear.mask.astype(np.uint8), ear.grid), out["mask"])
     return out

@@ -148,10 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     if all("roi_dice" in r for r in rows):
         roi = [float(r["roi_dice"]) for r in rows]  # type: ignore[arg-type]
         recall = [float(r["canal_recall"]) for r in rows if r["canal_recall"] != "n/a"]  # type: ignore[arg-type]
-        broken = sum(int(r["loops_pred"]) < int(r["loops_truth"]) for r in rows)  # type: ignore[call-overload]
+        # fewer canal loops than the truth's (at most 3: septa can add thin loops there)
+        broken = sum(
+            int(r["loops_pred"]) < min(int(r["loops_truth"]), 3)  # type: ignore[call-overload]
+            for r in rows
+        )
         print(f"# ROI grid: Dice min {min(roi):.4f} mean {np.mean(roi):.4f}; canal recall "
               f"min {min(recall):.3f} mean {np.mean(recall):.3f}; "
-              f"{broken}/{len(rows)} masks with fewer canal loops than their truth")  # fmt: skip
+              f"{broken}/{len(rows)} masks with a canal loop fewer than their truth")  # fmt: skip
     return 0
 
 

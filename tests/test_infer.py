@@ -121,7 +121,7 @@ def test_flip_tta_averages_mirror() -> None:
 def test_real_unet_flip_tta_symmetry_and_eval_mode() -> None:
     torch.manual_seed(0)
     model = build_network().train()  # Segmenter must switch dropout off
-    seg = Segmenter(model, default_card(), device="cpu", tta_flip=True, omp_threads=2)
+    seg = Segmenter(model, default_card(), device="cpu", tta_flip=True, omp_threads=2, amp=False)
     assert not seg.model.training and torch.get_num_threads() == 2
     x = np.random.default_rng(4).random((48, 40, 32)).astype(np.float32)
     p = seg.predict_proba(x)
@@ -130,13 +130,18 @@ def test_real_unet_flip_tta_symmetry_and_eval_mode() -> None:
     np.testing.assert_array_equal(seg.predict_proba(x), p)  # deterministic: no dropout
 
 
-def test_cpu_bf16_autocast_is_opt_in_and_close_to_fp32() -> None:
+def test_cpu_bf16_autocast_is_native_only_and_close_to_fp32(monkeypatch) -> None:
+    """By default bf16 only where the CPU computes it natively (AVX512-BF16, AMX)."""
     torch.manual_seed(0)
     model = build_network()
     dtypes: list[torch.dtype] = []
     model.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
     x = np.random.default_rng(6).random((48, 40, 32)).astype(np.float32)
-    fp32 = Segmenter(model, default_card(), device="cpu")
+    for native in (False, True):
+        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+            monkeypatch.setattr(torch.cpu, probe, lambda native=native: native, raising=False)
+        assert Segmenter(model, default_card(), device="cpu").amp is native
+    fp32 = Segmenter(model, default_card(), device="cpu", amp=False)
     assert fp32.amp is False
     p32 = fp32.predict_proba(x)
     bf16 = Segmenter(model, default_card(), device="cpu", amp=True)
@@ -191,7 +196,8 @@ def test_official_checkpoint_gets_the_official_preprocessing(tmp_path):
         reference = torch.sigmoid(model(torch.as_tensor(np.asarray(padded))[None]))[0]
     reference = np.asarray(CenterSpatialCrop([200, 150, 100])(reference))[0]
 
-    ours = Segmenter(model, card, device="cpu", tta_flip=False, omp_threads=1).predict_proba(volume)
+    ours = Segmenter(model, card, device="cpu", tta_flip=False, omp_threads=1,
+                     amp=False).predict_proba(volume)  # fmt: skip
     assert np.abs(ours - reference).max() < 2e-3
     # the project's own order differs on such a crop: the card's field decides
     other = Segmenter(model, replace(card, preprocessing="scale_then_pad"), device="cpu",

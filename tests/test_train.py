@@ -279,8 +279,8 @@ def test_thin_structure_finds_canals_not_the_vestibule() -> None:
 
 
 def test_thin_weight_makes_a_missed_canal_cost_more() -> None:
-    """--thin-weight W: missing the canal costs more BCE than missing as many vestibule voxels;
-    with W = 0 both cost the same."""
+    """--thin-weight W: missing the canal costs more BCE than missing as many vestibule voxels,
+    and so does thickening it; with W = 0 both cost the same."""
     from ievnet_bids.train.loop import MaskedLoss
 
     x, y, z = torch.meshgrid(torch.arange(60.0), torch.arange(40.0), torch.arange(40.0),
@@ -303,6 +303,16 @@ def test_thin_weight_makes_a_missed_canal_cost_more() -> None:
 
     assert bce_part(no_canal, 0.0) == pytest.approx(bce_part(no_core, 0.0), rel=1e-3)
     assert bce_part(no_canal, 4.0) > 3 * bce_part(no_core, 4.0)
+    # so does thickening it (the background beside the canal is weighted too), against as
+    # many false positives far from it
+    shell = (((y - 8) ** 2 + (z - 8) ** 2) <= 3.5**2) & ~tube
+    far = torch.zeros_like(ball)
+    far[:, 30:, :4] = True
+    far.view(-1)[far.view(-1).nonzero()[int(shell.sum()) :, 0]] = False
+    thick = torch.where(shell[None, None], 8.0, perfect)
+    spots = torch.where(far[None, None], 8.0, perfect)
+    assert bce_part(thick, 0.0) == pytest.approx(bce_part(spots, 0.0), rel=1e-3)
+    assert bce_part(thick, 4.0) > 3 * bce_part(spots, 4.0)
     with pytest.raises(ValueError, match="thin_weight"):
         TrainConfig(run_dir=Path("x"), loss="dice", thin_weight=1.0)
 

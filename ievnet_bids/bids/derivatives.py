@@ -617,6 +617,19 @@ class Staging:
             self.json(sidecar, dest=dest.with_name(stem + ".json"))
         return self.add(staged, dest)
 
+    def nifti_file(
+        self, source: Path, sidecar: Mapping[str, Any] | None = None, **entities: Any
+    ) -> Path:
+        """Stage a copy of the NIfTI file ``source`` (already in its final form: a work-folder
+        image is published as written, not decoded and compressed again) and its sidecar."""
+        staged, dest = self.paths(**entities)
+        with atomic.staged(staged, suffix=".nii.gz") as tmp:
+            shutil.copyfile(source, tmp)
+        if sidecar is not None:
+            stem = dest.name.removesuffix(".nii.gz").removesuffix(".nii")
+            self.json(sidecar, dest=dest.with_name(stem + ".json"))
+        return self.add(staged, dest)
+
     def json(self, obj: Any, *, dest: Path | None = None, **entities: Any) -> Path:
         """Stage a JSON file (named by ``entities`` or given as ``dest``)."""
         if dest is None:

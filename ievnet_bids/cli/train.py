@@ -190,7 +190,8 @@ def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="W",
         help="extra BCE weight (x 1+W) on thin target parts, the semicircular canals "
-        "(voxels outside the opening of the target by a 1.4 mm cube); --loss dicebce only",
+        "(voxels outside the opening of the target by a 1.4 mm cube), and 0.4 mm around "
+        "them; --loss dicebce only",
     )
     o.add_argument(
         "--amp", type=_tristate, default=None, metavar="{auto,on,off}",

@@ -143,7 +143,8 @@ class SegmentEars(SimpleInterface):
         ears = []
         for side, path in zip(SIDES, self.inputs.rois, strict=True):
             img = nib.load(path)
-            ears.append(EarRoi(side, grid_of(img), np.asanyarray(img.dataobj, dtype=np.float32)))
+            data = np.asanyarray(img.dataobj, dtype=np.float32)
+            ears.append(EarRoi(side, grid_of(img), data, source=Path(path)))
         slab = nib.load(self.inputs.slab)
         ears = segment_ears(
             ears,
@@ -197,7 +198,8 @@ class MapBackEar(SimpleInterface):
         import nibabel as nib
         import numpy as np
 
-        from ievnet_bids.segmentation import map_back_ear
+        from ievnet_bids.geometry.extract import image_like
+        from ievnet_bids.segmentation import map_back_ear, stored_probability
 
         i = SIDES.index(self.inputs.side)
         slab = nib.load(self.inputs.slab)
@@ -208,8 +210,11 @@ class MapBackEar(SimpleInterface):
             threshold=self.inputs.threshold,
         )
         cwd = Path(runtime.cwd)
-        for key, data, dtype in (("prob", prob, np.float32), ("mask", mask, np.uint8)):
+        for key, data, dtype in (
+            ("prob", stored_probability(prob), np.float32),
+            ("mask", mask, np.uint8),
+        ):
             path = cwd / f"native_{self.inputs.side}_{key}.nii.gz"
-            nib.save(nib.Nifti1Image(data.astype(dtype), slab.affine), path)
+            nib.save(image_like(data, slab, dtype), path)  # as published (a file copy)
             self._results[key] = str(path)
         return runtime

@@ -188,6 +188,7 @@ class TrainConfig:
 
 # --------------------------------------------------------------------------- loss
 THIN_RADIUS_VOX = 3  # a 7-voxel (1.4 mm) cube fits in no canal lumen (0.8–1.2 mm at 0.2 mm)
+THIN_MARGIN_VOX = 2  # the weighted band reaches 0.4 mm beyond the thin parts
 
 
 class MaskedLoss(torch.nn.Module):
@@ -220,12 +221,20 @@ class MaskedLoss(torch.nn.Module):
                 logits, target, reduction="none"
             )
             if self.thin_weight > 0:
-                # thin structures (semicircular canals) count (1 + thin_weight) times:
-                # Dice, dominated by the cochlea and vestibule, barely sees a broken canal
-                voxel = 1.0 + self.thin_weight * thin_structure(target)
+                # thin structures (semicircular canals) and the background around them
+                # (both, so that the weight does not simply thicken them) count
+                # (1 + thin_weight) times: Dice, dominated by the cochlea and vestibule,
+                # barely sees a broken canal
+                voxel = 1.0 + self.thin_weight * thin_band(target)
                 bce = bce * voxel / voxel.flatten(2).mean(2)[..., None, None, None]
             per = per + self.bce_weight * bce.flatten(2).mean(2)
         return (per * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
+def thin_band(target: torch.Tensor, margin_vox: int = THIN_MARGIN_VOX) -> torch.Tensor:
+    """:func:`thin_structure` grown by ``margin_vox`` voxels (a cube) into the background."""
+    k = 2 * margin_vox + 1
+    return torch.nn.functional.max_pool3d(thin_structure(target), k, 1, margin_vox)
 
 
 def thin_structure(target: torch.Tensor, radius_vox: int = THIN_RADIUS_VOX) -> torch.Tensor:
@@ -487,7 +496,8 @@ class _Run:
             + (f", BCE weight {config.bce_weight:g}" if config.loss == "dicebce" else "")
             + (
                 f", BCE on thin target parts (outside an opening by a {2 * THIN_RADIUS_VOX + 1}"
-                f"-voxel cube) weighted {1 + config.thin_weight:g}x"
+                f"-voxel cube) and {THIN_MARGIN_VOX} voxels around them weighted "
+                f"{1 + config.thin_weight:g}x"
                 if config.thin_weight
                 else ""
             ),

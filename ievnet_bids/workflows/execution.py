@@ -131,6 +131,7 @@ def run_participant_level(config: RunConfig, inputs: Sequence[SubjectInputs]) ->
     mem_share = config.mem_gb / n_parallel if config.mem_gb else None
     LOG.info("%d participant/session(s) at a time, %d CPU(s) each", n_parallel, share)
     context = multiprocessing.get_context("forkserver")  # see _plugin_args
+    preload_in_forkserver()
     with ProcessPoolExecutor(
         n_parallel, mp_context=context, initializer=_init_worker, initargs=(config.verbose,)
     ) as pool:
@@ -311,8 +312,16 @@ def _report_unit(config: RunConfig, unit: SubjectInputs, start: float, reason: s
         LOG.warning("%s: could not write the report", unit.name, exc_info=True)
 
 
+def preload_in_forkserver() -> None:
+    """Have this process's forkserver import :mod:`ievnet_bids.workflows.preload` (torch,
+    MONAI, ANTsPy, matplotlib) before it forks any worker; no effect once it runs."""
+    multiprocessing.set_forkserver_preload(["ievnet_bids.workflows.preload"])
+
+
 def _plugin_args(nprocs: int, mem_gb: float | None) -> dict[str, float | str]:
-    # forkserver: forking a process whose torch/OpenMP threads already ran can deadlock
+    # forkserver: forking a process whose torch/OpenMP threads already ran can deadlock;
+    # the forkserver imports the heavy libraries once for all the pools of this process
+    preload_in_forkserver()
     args: dict[str, float | str] = {"n_procs": nprocs, "mp_context": "forkserver"}
     if mem_gb:
         args["memory_gb"] = float(mem_gb)
