@@ -74,3 +74,44 @@ def test_volume_table_counts_components_like_the_qc_flag(tmp_path, tiny_bids):
     dseg = next(t for t, d in staged.items() if d.name.endswith("_space-orig_dseg.nii.gz"))
     values = np.asanyarray(nib.load(dseg).dataobj)
     assert (values == 1).sum() == 1001 and (values == 2).sum() == 1064
+
+
+def test_work_images_in_final_form_are_copied_others_rewritten(tmp_path, tiny_bids):
+    """A map-back image already stored as the derivative would be (image_like: the slab's
+    grid, dtype and header) is published byte for byte; one that is not (here: float64 on a
+    bare header) is decoded and rewritten as the derivative's dtype on the slab's header."""
+    from ievnet_bids.geometry.extract import image_like
+
+    bids = tiny_bids(tmp_path / "bids", [SLAB])
+    slab = bids / SLAB
+    affine = np.diag([0.5, 0.5, 0.5, 1.0])
+    slab_img = nib.Nifti1Image(np.zeros((20, 20, 10), np.int16), affine)
+    slab_img.set_sform(affine, code=1)
+    slab_img.set_qform(affine, code=1)
+    nib.save(slab_img, slab)
+    mask = np.zeros((20, 20, 10), bool)
+    mask[5:10, 5:10, 3:6] = True
+    prob = np.where(mask, 0.75, 0.125)
+    ears = {}
+    for side, final in (("left", True), ("right", False)):
+        ear = _ear_files(tmp_path, side, mask, affine)
+        if final:  # as the map-back node writes them
+            nib.save(image_like(mask, slab_img, np.uint8), ear["mask"])
+            nib.save(image_like(prob, slab_img, np.float32), ear["prob"])
+        else:
+            nib.save(nib.Nifti1Image(prob, affine), ear["prob"])  # float64, no units
+        ears[side] = ear
+    staged, _ = stage_slab_outputs(
+        slab, ears, stage_dir=tmp_path / "stage", output_dir=tmp_path / "out",
+        model_name="m", model_sha256="0" * 64, localizer="landmarks",
+    )  # fmt: skip
+    by_name = {dest.name: src for src, dest in staged.items()}
+    for side in ("left", "right"):
+        name = f"sub-01_acq-space_space-orig_label-TFS_desc-{side}_probseg.nii.gz"
+        out = by_name[name]
+        same_bytes = out.read_bytes() == ears[side]["prob"].read_bytes()
+        assert same_bytes is (side == "left"), side
+        img = nib.load(out)
+        assert img.get_data_dtype() == np.float32 and img.header.get_xyzt_units()[0] == "mm"
+        assert int(img.header["sform_code"]) == 1
+        np.testing.assert_array_equal(np.asarray(img.dataobj), prob.astype(np.float32))

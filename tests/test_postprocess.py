@@ -186,3 +186,32 @@ def test_voxels_added_by_the_cleanup_survive_the_map_back():
     )
     np.testing.assert_array_equal(native_mask, mask)  # cavity kept, blob dropped
     np.testing.assert_allclose(native_prob, prob, atol=1e-6)  # the probseg is the raw one
+
+
+def test_stored_probability_is_on_its_grid_and_keeps_the_mask(tmp_path) -> None:
+    """Saved probabilities lie on the 2^-16 grid (within half a step of the network's), so
+    ``>= 0.5`` selects the same voxels except within half a step below 0.5; an ear read from
+    a file saves its image as a byte copy of that file."""
+    import nibabel as nib
+
+    from ievnet_bids.geometry.roi import RoiGrid
+    from ievnet_bids.segmentation import PROB_STEP, EarRoi, roi_image, save_ear, stored_probability
+
+    rng = np.random.default_rng(0)
+    prob = rng.random((30, 20, 10)).astype(np.float32) ** 3  # many tiny values, as a sigmoid
+    stored = stored_probability(prob)
+    assert stored.dtype == np.float32
+    np.testing.assert_array_equal(stored, np.round(stored / PROB_STEP) * PROB_STEP)
+    assert np.abs(stored - prob).max() <= PROB_STEP / 2
+    band = (prob < 0.5) & (prob >= 0.5 - PROB_STEP / 2)
+    np.testing.assert_array_equal((stored >= 0.5) & ~band, (prob >= 0.5) & ~band)
+    assert (stored == 0).mean() > (prob == 0).mean()  # the noise floor is exactly zero
+
+    grid = RoiGrid.centred((0.0, 0.0, 0.0), shape=(30, 20, 10), spacing_mm=0.2)
+    source = tmp_path / "extract" / "roi_left_image.nii.gz"
+    source.parent.mkdir()
+    nib.save(roi_image(prob * 100, grid), source)
+    ear = EarRoi("left", grid, prob * 100, prob=prob, mask=prob >= 0.5, source=source)
+    files = save_ear(ear, tmp_path / "segment")
+    assert files["image"].read_bytes() == source.read_bytes()
+    np.testing.assert_array_equal(np.asarray(nib.load(files["prob"]).dataobj), stored)
