@@ -8,7 +8,7 @@ peak summed RSS of the tree and of its largest process, and the time of each Nip
 subjects and ears; ``--json FILE`` also writes these figures as JSON.
 
     python benchmarks/bench_participant.py --subjects 2 --nprocs 2 [--omp-nthreads 1] \
-        [--json bench.json]
+        [--json bench.json] [--keep DIR] [--bids DIR]
 """
 
 from __future__ import annotations
@@ -67,12 +67,26 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--keep", type=Path, help="run in this folder and keep it")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.add_argument(
+        "--bids",
+        type=Path,
+        help="run on this phantom dataset (from an earlier --keep) instead of writing one: "
+        "the same images for runs of two versions of the code",
+    )
     args = p.parse_args()
-    from ievnet_bids.synth.head import write_bids_dataset
-
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_participant_"))
-    bids, out, work = root / "bids", root / "derivatives", root / "work"
-    write_bids_dataset(bids, root / "truth", n_subjects=args.subjects, seed=args.seed)
+    out, work = root / "derivatives", root / "work"
+    if out.exists() or work.exists():  # a cached run would time nothing
+        p.error(f"{root} already holds a run: give a fresh --keep folder")
+    root.mkdir(parents=True, exist_ok=True)
+    if args.bids is not None:
+        bids = args.bids.resolve()
+        args.subjects = len(list(bids.glob("sub-*/")))
+    else:
+        from ievnet_bids.synth.head import write_bids_dataset
+
+        bids = root / "bids"
+        write_bids_dataset(bids, root / "truth", n_subjects=args.subjects, seed=args.seed)
     cmd = [
         sys.executable, "-m", "ievnet_bids.cli.run", str(bids), str(out), "participant",
         "-w", str(work), "--nprocs", str(args.nprocs),
