@@ -566,7 +566,8 @@ Per source slab, in `sub-<label>/[ses-<label>/]anat/`:
 
 - `*_space-orig_label-TFS_desc-{left,right}_mask.nii.gz`: binary TFS mask of each ear on the
   slab's grid, with a JSON sidecar (model, settings, ear centre, localization);
-- `*_space-orig_label-TFS_desc-{left,right}_probseg.nii.gz`: the network's TFS probability;
+- `*_space-orig_label-TFS_desc-{left,right}_probseg.nii.gz`: the network's TFS probability
+  (float32 on a 1/65536 grid);
 - `*_space-orig_dseg.nii.gz`: both ears in one label image (`desc-tfs_dseg.tsv`);
 - `*_space-ROI_desc-{left,right}_T2w.nii.gz`, `*_space-ROI_label-TFS_desc-{left,right}_`
   `{probseg,mask}.nii.gz`: the network's own 0.2 mm ROI grid (200×150×100) per ear; the
