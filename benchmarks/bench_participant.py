@@ -3,9 +3,11 @@
 Writes a phantom BIDS dataset (``--subjects`` subjects, full heads), runs
 ``ievnet-bids BIDS OUT participant`` as a child process and samples the resident memory of
 its whole process tree (``/proc``, every 0.1 s) while it runs.  Prints the wall time, the
-peak summed RSS of the tree and of its largest process, and the time of each Nipype node
-(from the ``elapsed time`` lines of each unit's ``sub-XX/log/**/nipype.log``), summed over
-subjects and ears; ``--json FILE`` also writes these figures as JSON.
+peak summed RSS of the tree and of its largest process, the peak summed PSS of the tree
+(the real footprint: RSS counts the libraries the workers share with the forkserver in
+each), and the time of each Nipype node (from the ``elapsed time`` lines of each unit's
+``sub-XX/log/**/nipype.log``), summed over subjects and ears; ``--json FILE`` also writes
+these figures as JSON.
 
     python benchmarks/bench_participant.py --subjects 2 --nprocs 2 [--omp-nthreads 1] \
         [--json bench.json] [--keep DIR] [--bids DIR]
@@ -27,15 +29,25 @@ from pathlib import Path
 FINISHED = re.compile(r'\[Node\] Finished "([^"]+)", elapsed time ([0-9.]+)s')
 
 
-def _rss_kb(pid: int) -> int:
+def _proc_kb(path: str, field: str) -> int:
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def _rss_kb(pid: int) -> int:
+    return _proc_kb(f"/proc/{pid}/status", "VmRSS:")
+
+
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages (the libraries workers inherit from the
+    forkserver) divided among the processes that share them, so the sum is real memory."""
+    return _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def _children(pid: int) -> list[int]:
@@ -46,17 +58,18 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def tree_rss_kb(root: int) -> tuple[int, int]:
-    """(summed, largest) resident memory in kB of ``root`` and all its descendants."""
-    total = largest = 0
+def tree_rss_kb(root: int) -> tuple[int, int, int]:
+    """(summed RSS, largest RSS, summed PSS) in kB of ``root`` and all its descendants."""
+    total = largest = pss = 0
     stack = [root]
     while stack:
         pid = stack.pop()
         rss = _rss_kb(pid)
         total += rss
         largest = max(largest, rss)
+        pss += _pss_kb(pid)
         stack.extend(_children(pid))
-    return total, largest
+    return total, largest, pss
 
 
 def main() -> int:
@@ -94,12 +107,13 @@ def main() -> int:
     ]  # fmt: skip
     log = root / "run.log"
     t0 = time.perf_counter()
-    peak_total = peak_single = 0
+    peak_total = peak_single = peak_pss = 0
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=os.environ.copy())
         while proc.poll() is None:
-            total, single = tree_rss_kb(proc.pid)
+            total, single, pss = tree_rss_kb(proc.pid)
             peak_total, peak_single = max(peak_total, total), max(peak_single, single)
+            peak_pss = max(peak_pss, pss)
             time.sleep(0.1)
     wall = time.perf_counter() - t0
     stages: dict[str, list[float]] = defaultdict(list)
@@ -110,7 +124,8 @@ def main() -> int:
     print(f"participant level: {n} subject(s), --nprocs {args.nprocs}, exit {proc.returncode}")
     print(f"wall {wall:.1f} s ({wall / args.subjects:.1f} s per subject, incl. start-up)")
     mib = (peak_total / 1024, peak_single / 1024)
-    print(f"peak RSS: process tree {mib[0]:.0f} MiB, largest process {mib[1]:.0f} MiB")
+    print(f"peak RSS: process tree {mib[0]:.0f} MiB, largest process {mib[1]:.0f} MiB; "
+          f"peak PSS of the tree {peak_pss / 1024:.0f} MiB (shared pages once)")  # fmt: skip
     print("node time (sum over subjects/ears; nodes of one subject run in parallel):")
     for name, times in sorted(stages.items(), key=lambda kv: -sum(kv[1])):
         each = sum(times) / len(times)
@@ -126,6 +141,7 @@ def main() -> int:
             "per_subject_s": round(wall / n, 2),
             "peak_tree_mib": round(mib[0]),
             "peak_process_mib": round(mib[1]),
+            "peak_tree_pss_mib": round(peak_pss / 1024),
             "stages": {
                 name: {
                     "total_s": round(sum(t), 2),
