@@ -24,11 +24,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from ievnet_bids.bids.derivatives import read_tsv
 from ievnet_bids.cli.run import main as run_main
 from ievnet_bids.config import PRECISIONS
+from ievnet_bids.geometry.roi import RoiGrid, resample
 from ievnet_bids.metrics import dice
 from ievnet_bids.synth.head import write_bids_dataset
 
@@ -46,17 +46,9 @@ def roi_scores(roi_mask: nib.Nifti1Image, truth_roi: nib.Nifti1Image) -> dict[st
     from ievnet_bids.qc import topology
     from ievnet_bids.train.loop import thin_structure
 
-    to_truth = np.linalg.inv(truth_roi.affine) @ roi_mask.affine
-    ref = (
-        ndimage.affine_transform(
-            np.asarray(truth_roi.dataobj, dtype=np.float32),
-            to_truth[:3, :3],
-            to_truth[:3, 3],
-            output_shape=roi_mask.shape,
-            order=1,
-        )
-        >= 0.5
-    )
+    grid = RoiGrid(tuple(roi_mask.shape[:3]), roi_mask.affine)
+    truth = np.asarray(truth_roi.dataobj, dtype=np.float32)
+    ref = resample(truth, truth_roi.affine, grid, order=1) >= 0.5
     pred = np.asarray(roi_mask.dataobj) > 0
     spacing = tuple(float(z) for z in roi_mask.header.get_zooms()[:3])
     thin = thin_structure(torch.from_numpy(ref[None, None].astype(np.float32)))[0, 0].numpy() > 0
