@@ -9,7 +9,8 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from ievnet_bids.geometry.roi import RoiGrid, resample
-from ievnet_bids.hydrops.els import els_percent, segment_els
+from ievnet_bids.hydrops.els import ElsParams, els_percent, segment_els
+from ievnet_bids.hydrops.quantify import ELS_AWARE_MAX_ROUNDS, refine_on_perilymph
 from ievnet_bids.hydrops.register import (
     flair_on_grid,
     itk_transform_text,
@@ -18,6 +19,7 @@ from ievnet_bids.hydrops.register import (
 )
 from ievnet_bids.hydrops.structures import STRUCTURE_LABELS, label_structures
 from ievnet_bids.synth import labels as L
+from ievnet_bids.synth.flair import flair_rng, render_flair
 from ievnet_bids.synth.phantom import generate_phantom
 
 
@@ -136,3 +138,36 @@ def test_structures_from_the_registered_template(phantom) -> None:
         for k in STRUCTURE_LABELS:
             a, b = result.labels == k, truth == k
             assert 2 * np.sum(a & b) / (a.sum() + b.sum()) > 0.95, (side, k)
+
+
+def test_perilymph_rounds_undo_the_pull_of_a_severe_els() -> None:
+    """A severe-hydrops ear (most of the vestibule ELS, dark in the FLAIR) moved by 3° + 2 mm:
+    aligning the whole TFS mask with the FLAIR is pulled towards the bright perilymph; the
+    perilymph rounds (TFS minus the ELS found, repeated until they stop moving) undo it."""
+    ph = generate_phantom(3, hydrops=1.0, background=True)
+    flair_source, _ = render_flair(ph.labels, ph.els, flair_rng(3), acquire=False)
+    rng = np.random.default_rng(2)
+    centre = ph.grid.centre_mm
+    scan = RoiGrid.centred(centre, shape=(80, 60, 40), spacing_mm=0.5)
+    space = resample(ph.image, ph.grid.affine, scan, order=1)
+    flair_to_space = _rigid(rng, 3.0, 2.0, centre)
+    flair = resample(flair_source, np.linalg.inv(flair_to_space) @ ph.grid.affine, scan, order=1)
+    flair = np.abs(flair + rng.normal(0, 0.05, flair.shape)).astype(np.float32)
+    space_img = nib.Nifti1Image(space.astype(np.float32), scan.affine)
+    flair_img = nib.Nifti1Image(flair, scan.affine)
+    roi = RoiGrid.centred(centre, shape=(120, 90, 60), spacing_mm=0.2)
+    tfs = resample(ph.tfs.astype(np.float32), ph.grid.affine, roi, order=1) > 0.5
+    pts = np.c_[roi.voxel_to_world(np.argwhere(tfs)), np.ones(int(tfs.sum()))]
+    truth = np.linalg.inv(flair_to_space)
+
+    def error(space_to_flair: np.ndarray) -> np.ndarray:
+        return np.linalg.norm((pts @ space_to_flair.T - pts @ truth.T)[:, :3], axis=1)
+
+    whole = register_flair(space_img, flair_img, roi, tfs).space_to_flair
+    first = segment_els(
+        flair_on_grid(flair_img, whole, roi), tfs, spacing_mm=0.2, flair_voxel_mm=0.5
+    )
+    refined, rounds = refine_on_perilymph(flair_img, roi, tfs, whole, first.mask, 0.5, ElsParams())
+    assert error(refined).mean() < 0.1 and error(refined).max() < 0.2
+    assert error(refined).mean() < 0.5 * error(whole).mean()
+    assert 2 <= rounds <= ELS_AWARE_MAX_ROUNDS

@@ -184,9 +184,11 @@ def refine_on_tfs(
     roi: RoiGrid,
     tfs: np.ndarray,
     start: np.ndarray,
+    ignore: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Stage 2 (module doc): the rigid SPACE → FLAIR map near ``start`` that best correlates
-    the FLAIR with the blurred TFS mask; returns (map, correlation)."""
+    the FLAIR with the blurred TFS mask; voxels of ``ignore`` (on ``roi``) are left out of the
+    comparison. Returns (map, correlation)."""
     from scipy import optimize
     from scipy.spatial.transform import Rotation
 
@@ -198,6 +200,8 @@ def refine_on_tfs(
     step = (slice(None, None, REFINE_STEP_VOX),) * 3
     expected = ndimage.gaussian_filter(tfs.astype(np.float32), REFINE_PSF_MM / spacing)[step]
     near = ndimage.distance_transform_edt(~tfs, sampling=spacing)[step] <= REFINE_NEAR_MM
+    if ignore is not None:
+        near &= ~np.asarray(ignore, bool)[step]
     world = roi.voxel_to_world(np.argwhere(near) * REFINE_STEP_VOX)
     target = expected[near]
     target = (target - target.mean()) / max(float(target.std()), 1e-6)
