@@ -28,6 +28,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from ievnet_bids.geometry.extract import index_box
+
 
 @dataclass(frozen=True)
 class BridgeRule:
@@ -42,12 +44,6 @@ class BridgeRule:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _box(idx: np.ndarray, margin: np.ndarray, shape: Sequence[int]) -> tuple[slice, ...]:
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
 def _bridge(
@@ -133,7 +129,7 @@ def connect_pieces(
     for i in others:
         piece = labels == i
         idx = np.argwhere(piece)
-        box = _box(idx, margin, mask.shape)
+        box = index_box(idx, margin, mask.shape)
         p = piece[box]
         found = _bridge(prob[box], mask[box] | out[box], np.argwhere(p), out[box], spacing, rule, p)
         record = {"volume_mm3": round(float(counts[i - 1]) * voxel_mm3, 3)}
@@ -180,7 +176,7 @@ def close_loops(
     if not out.any():
         return out.astype(np.uint8), info
     reach = np.ceil((rule.max_bridge_mm + rule.tip_mm) / spacing).astype(int) + 2
-    outer = _box(np.argwhere(out), reach, out.shape)
+    outer = index_box(np.argwhere(out), reach, out.shape)
     skeleton = np.zeros(out.shape, dtype=bool)
     skeleton[outer] = skeletonize(out[outer]) > 0
     # the skeleton lies inside ``outer`` (a margin of ≥ 2 voxels): count neighbours there only
@@ -189,7 +185,7 @@ def close_loops(
     search = np.ceil((rule.max_bridge_mm + rule.min_loop_mm) / spacing).astype(int)
     cos_max = float(np.cos(np.deg2rad(rule.max_turn_deg)))
     for tip in tips:
-        box = _box(tip[None], search, out.shape)
+        box = index_box(tip[None], search, out.shape)
         local_tip = tip - np.array([sl.start for sl in box])
         m = out[box]
         along = MCP_Geometric(np.where(m, 1.0, np.inf), sampling=tuple(spacing))

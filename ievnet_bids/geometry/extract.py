@@ -7,6 +7,8 @@ the slab voxels around the ROI are touched, so each call costs a few tenths of a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import nibabel as nib
 import numpy as np
 
@@ -88,6 +90,14 @@ def box_around(grid: RoiGrid, target: RoiGrid, margin: int = 0) -> tuple[slice, 
     hi = np.minimum(np.ceil(vox.max(0)).astype(int) + 1 + margin, target.shape)
     if np.any(hi <= lo):
         return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def index_box(idx: np.ndarray, margin: int | np.ndarray, shape: Sequence[int]) -> tuple[slice, ...]:
+    """Box around the voxel indices ``idx`` (N×3) widened by ``margin`` voxels (per axis or
+    one for all), clipped to ``shape``."""
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ievnet_bids.geometry.extract import map_back, sub_grid
+from ievnet_bids.geometry.extract import index_box, map_back, sub_grid
 from ievnet_bids.geometry.roi import RoiGrid
 from ievnet_bids.hydrops.els import ElsParams, els_percent, segment_els
 from ievnet_bids.hydrops.register import flair_on_grid, refine_on_tfs, register_flair
@@ -125,11 +125,7 @@ def refine_on_perilymph(
     until the TFS moves by less than :data:`ELS_AWARE_TOL_MM` (module doc). Returns (the
     SPACE → FLAIR map, rounds run)."""
     spacing = float(min(grid.spacing))
-    margin = int(np.ceil(ELS_AWARE_BOX_MM / spacing))
-    found = np.argwhere(tfs)
-    lo = np.maximum(found.min(axis=0) - margin, 0)
-    hi = np.minimum(found.max(axis=0) + 1 + margin, tfs.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    box = index_box(np.argwhere(tfs), int(np.ceil(ELS_AWARE_BOX_MM / spacing)), tfs.shape)
     box_grid, box_tfs, box_els = sub_grid(grid, box), tfs[box], els[box]
     rounds = 0
     while rounds < ELS_AWARE_MAX_ROUNDS:

@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ievnet_bids.geometry.extract import index_box, sub_grid
 from ievnet_bids.localize.register import itk_single_threaded, to_ants
 
 STRUCTURE_LABELS: dict[int, str] = {1: "cochlea", 2: "vestibule", 3: "canals"}
@@ -49,13 +50,9 @@ def build_template(path: Path | None = None, seed: int = TEMPLATE_SEED) -> Path:
     dseg[np.isin(ph.labels, (L.COCHLEA, L.SPIRAL_LAMINA))] = 1
     dseg[ph.labels == L.VESTIBULE] = 2
     dseg[np.isin(ph.labels, (L.ANTERIOR_CANAL, L.POSTERIOR_CANAL, L.LATERAL_CANAL))] = 3
-    idx = np.argwhere(dseg > 0)
-    margin = 10
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, dseg.shape)
-    crop = dseg[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
-    affine = ph.grid.affine.copy()
-    affine[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    box = index_box(np.argwhere(dseg > 0), 10, dseg.shape)
+    crop = dseg[box]
+    affine = sub_grid(ph.grid, box).affine
     path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(crop, affine)
     img.header.set_data_dtype(np.uint8)

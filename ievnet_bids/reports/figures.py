@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ievnet_bids.atomic import staged
+from ievnet_bids.geometry.extract import index_box
 
 SIDES = ("left", "right")
 SIDE_COLOURS = {"left": "#1f77b4", "right": "#d62728"}
@@ -235,10 +236,7 @@ def _mesh(ear: EarData, smooth_vox: float = 0.6, step: int = 2) -> tuple[np.ndar
     from skimage.measure import marching_cubes
 
     mask = ear.mask > 0
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - 3, 0)
-    hi = np.minimum(idx.max(0) + 4, mask.shape)
-    sub = mask[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))].astype(np.float32)
+    sub = mask[index_box(np.argwhere(mask), 3, mask.shape)].astype(np.float32)
     sub = np.pad(sub, 1)
     if smooth_vox > 0:
         sub = ndimage.gaussian_filter(sub, smooth_vox)
