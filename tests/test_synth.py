@@ -12,6 +12,7 @@ from scipy import ndimage
 from ievnet_bids.geometry.roi import RoiGrid
 from ievnet_bids.synth import labels as L
 from ievnet_bids.synth.anatomy import sample_labyrinth
+from ievnet_bids.synth.background import VESSEL_CLEARANCE_MM
 from ievnet_bids.synth.phantom import generate_phantom, vestibular_euler
 
 SEEDS = (0, 1, 2, 3, 4, 5)
@@ -73,6 +74,18 @@ def test_iac_touches_but_is_not_tfs(phantoms, seed):
     # distance from the TFS to the nearest IAC voxel: at most the bony plate (≤ 0.4 mm) + a voxel
     dist = ndimage.distance_transform_edt(~iac, sampling=ph.grid.spacing)
     assert dist[ph.tfs].min() <= 0.65
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_vessels_keep_a_bony_wall_to_the_labyrinth(phantoms, seed):
+    # the jugular bulb used to be placed from the posterior canal's centre and swallowed the
+    # lower canal arc in seeds 1, 2 and 5 (vessel voxels next to the TFS)
+    ph = phantoms[seed]
+    vessel = ph.labels == L.VESSEL
+    if not vessel.any():
+        pytest.skip("no vessel drawn")
+    dist = ndimage.distance_transform_edt(~ph.tfs, sampling=ph.grid.spacing)
+    assert dist[vessel].min() > VESSEL_CLEARANCE_MM
 
 
 def test_distractors_present(phantoms):

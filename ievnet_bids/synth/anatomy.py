@@ -346,6 +346,7 @@ def sample_labyrinth(rng: np.random.Generator) -> Labyrinth:
         "iac_direction": iac_dir,
         "superior_canal_top": np.array([0.0, 0.0, top]),
         "posterior_canal_centre": (ends["posterior"][0] + ends["posterior"][1]) / 2,
+        "posterior_canal_bottom": _lowest_point([t for t in tubes if t.label == L.POSTERIOR_CANAL]),
     }
     canal = dict(zip(("anterior", "posterior", "lateral"), canal_tubes, strict=True))
     normal = {k: t.params["normal"] for k, t in canal.items()}
@@ -365,6 +366,14 @@ def sample_labyrinth(rng: np.random.Generator) -> Labyrinth:
         "lateral_tilt_deg": float(np.rad2deg(np.arccos(abs(normal["lateral"][2])))),
     }
     return Labyrinth(tubes, ellipsoids, landmarks, params)
+
+
+def _lowest_point(tubes: list[Tube]) -> np.ndarray:
+    """The lowest point (smallest z) of the surface of ``tubes``."""
+    bottoms = np.concatenate([t.points[:, 2] - t.radius_r for t in tubes])
+    points = np.concatenate([t.points for t in tubes])
+    i = int(np.argmin(bottoms))
+    return np.array([points[i, 0], points[i, 1], bottoms[i]])
 
 
 def _angle(n1: np.ndarray, n2: np.ndarray) -> float:
