@@ -225,6 +225,7 @@ def threshold_and_clean(
     *,
     params: CleanupParams | None = None,
     centre_vox: Sequence[float] | None = None,
+    image: np.ndarray | None = None,
     **overrides: Any,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Threshold ``prob`` and keep the connected component(s) that look like the labyrinth.
@@ -242,7 +243,9 @@ def threshold_and_clean(
     4. internal cavities of each kept component are filled (:func:`fill_kept`);
     5. with ``bridges`` (a :class:`~ievnet_bids.connect.BridgeRule`), the kept pieces are
        joined into one labyrinth along the probability or dropped, and broken canal loops
-       are closed (:func:`ievnet_bids.connect.connect_labyrinth`; ``info["connect"]``).
+       are closed (:func:`ievnet_bids.connect.connect_labyrinth`; ``info["connect"]``),
+       loop bridges also along ``image`` (the ROI image ``prob`` came from) where the rule
+       allows it.
 
     ``params`` (default :class:`CleanupParams`; a model card's ``cleanup``) with
     ``overrides`` (its field names, e.g. ``max_gap_mm=0.3``) set steps 1–4.
@@ -304,7 +307,7 @@ def threshold_and_clean(
     kept, kept_rec, dropped = grow_fragments(comps, best, spacing, p)
     mask, filled = fill_kept(comps, kept, p.fill_holes)
     if p.bridges is not None:
-        mask, info["connect"] = connect_labyrinth(prob, mask, spacing, p.bridges)
+        mask, info["connect"] = connect_labyrinth(prob, mask, spacing, p.bridges, image)
     info["kept"] = kept_rec
     _store_dropped(info, dropped)
     info["filled_voxels"] = filled

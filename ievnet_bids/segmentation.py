@@ -101,7 +101,9 @@ def segment_ears(
     def run(batch: list[EarRoi]) -> None:
         probs = segmenter.predict_proba(np.stack([e.image for e in batch]))
         for ear, prob in zip(batch, probs, strict=True):
-            mask, info = threshold_and_clean(prob, ear.grid.spacing, threshold, params=cleanup)
+            mask, info = threshold_and_clean(
+                prob, ear.grid.spacing, threshold, params=cleanup, image=ear.image
+            )
             ear.prob, ear.mask, ear.info = prob, mask, info
 
     run(ears)

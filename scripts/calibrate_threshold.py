@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             prob = seg.predict_proba(image)
             for j, t in enumerate(THRESHOLDS):
                 mask, _ = threshold_and_clean(
-                    prob, card.roi_spacing_mm, float(t), params=card.cleanup
+                    prob, card.roi_spacing_mm, float(t), params=card.cleanup, image=image
                 )
                 scores[tta][i, j] = dice(mask > 0, ref)
                 vols[tta][i, j] = mask.sum() / ref.sum() - 1

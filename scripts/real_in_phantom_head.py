@@ -75,7 +75,7 @@ def direct_masks(samples: Path, grids: dict[str, RoiGrid], slab: nib.Nifti1Image
     for side, name in CROPS.items():
         crop = np.asanyarray(nib.load(samples / name).dataobj).astype(np.float32)
         prob = seg.predict_proba(crop)
-        keep, _ = threshold_and_clean(prob, 0.2, card.threshold, params=card.cleanup)
+        keep, _ = threshold_and_clean(prob, 0.2, card.threshold, params=card.cleanup, image=crop)
         prob = cleaned_probability(prob, keep, card.threshold)  # as the map-back does
         on_slab = resample(prob, grids[side].affine, slab_grid, order=1)
         out[side] = {

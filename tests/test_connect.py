@@ -135,3 +135,74 @@ def test_a_tip_pointing_away_is_not_bridged_sideways():
     prob[20:30, 42:45, 18:22] = 0.3  # sideways support next to the bar
     out, _ = close_loops(prob, mask, SPACING)
     np.testing.assert_array_equal(out > 0, mask)
+
+
+LABYRINTH_SHAPE = (100, 100, 100)
+
+
+def labyrinth(cut_rings: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """A "vestibule" ball (r 1.5 mm) with four canal rings (r 3 mm, tube 0.4 mm) through
+    it, in the xy (+x), xz, yz and xy (−x) planes; the rings in ``cut_rings`` are cut by
+    1 mm on their far side. Returns (mask, the intact mask)."""
+    axes = [(np.arange(n) - n / 2 + 0.5) * SPACING for n in LABYRINTH_SHAPE]
+    x, y, z = np.meshgrid(*axes, indexing="ij")
+    ball = x**2 + y**2 + z**2 <= 1.5**2
+    # (centre, in-plane distance, off-plane coordinate, the far point's half-width band)
+    rings = [
+        (np.hypot(x - 3, y) - 3, z, (np.abs(y) <= 0.5) & (x > 5)),
+        (np.hypot(x, z - 3) - 3, y, (np.abs(x) <= 0.5) & (z > 5)),
+        (np.hypot(y - 3, z) - 3, x, (np.abs(z) <= 0.5) & (y > 5)),
+        (np.hypot(x + 3, y) - 3, z, (np.abs(y) <= 0.5) & (x < -5)),
+    ]
+    full, mask = ball.copy(), ball.copy()
+    for k, (radial, off, far) in enumerate(rings):
+        tube = radial**2 + off**2 <= 0.4**2
+        full |= tube
+        mask |= tube & ~far if k in cut_rings else tube
+    return mask, full
+
+
+def test_fluid_fraction_is_zero_in_bone_and_one_in_the_labyrinth():
+    from ievnet_bids.connect import fluid_fraction
+
+    full = ring()
+    image = np.where(full, 300.0, 40.0).astype(np.float32)
+    image[:, :, :2] = 140.0  # a brighter slice far from the ring: half way
+    fraction = fluid_fraction(image, full, SPACING)
+    assert np.allclose(fraction[full], 1.0) and np.allclose(fraction[40, 40, 20], 0.0)
+    assert np.allclose(fraction[40, 40, 0], 100.0 / 260.0)
+
+
+IMAGE_RULE = BridgeRule(image_fraction=0.5, loop_max_bridge_mm=3.0)
+
+
+def test_an_open_loop_is_closed_along_the_image_where_the_model_saw_nothing():
+    from ievnet_bids.qc import topology
+
+    mask, full = labyrinth(cut_rings=(0, 1, 2, 3))
+    assert topology(mask, SPACING).canal_loops == 0
+    prob = np.where(mask, 0.95, 0.0).astype(np.float32)  # the model missed the stretches
+    image = np.where(full, 300.0, 40.0).astype(np.float32)  # which the image shows as fluid
+    out, info = close_loops(prob, mask, SPACING, IMAGE_RULE, image=image)
+    assert topology(out, SPACING).canal_loops == 3  # three of the four, the labyrinth's count
+    assert len(info["loops_closed"]) == 3
+    assert all(c["image_voxels"] > 0 for c in info["loops_closed"])
+    assert (out & ~full).sum() == 0  # the bridges stay in what the image shows
+    # neither without the image nor with too dim an image (under half the fluid signal)
+    same, _ = close_loops(prob, mask, SPACING, IMAGE_RULE)
+    np.testing.assert_array_equal(same > 0, mask)
+    dim = np.where(full & ~mask, 40.0 + 0.4 * 260.0, image).astype(np.float32)
+    same, _ = close_loops(prob, mask, SPACING, IMAGE_RULE, image=dim)
+    np.testing.assert_array_equal(same > 0, mask)
+
+
+def test_image_bridges_never_make_more_than_three_canal_loops():
+    from ievnet_bids.qc import topology
+
+    mask, full = labyrinth(cut_rings=(3,))
+    assert topology(mask, SPACING).canal_loops == 3
+    prob = np.where(mask, 0.95, 0.0).astype(np.float32)
+    image = np.where(full, 300.0, 40.0).astype(np.float32)
+    out, info = close_loops(prob, mask, SPACING, IMAGE_RULE, image=image)
+    np.testing.assert_array_equal(out > 0, mask)  # a fourth loop is never drawn
+    assert info["loops_closed"] == []

@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         affine = np.asarray(img.affine, dtype=float)
         prob = segment_volume(data, affine, segmenter)
         spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-        mask, info = threshold_and_clean(prob, spacing, threshold, params=card.cleanup)
+        mask, info = threshold_and_clean(prob, spacing, threshold, params=card.cleanup, image=data)
         out_dir: Path = args.output_dir
         mask_path = out_dir / f"{name}_mask.nii.gz"
         try:

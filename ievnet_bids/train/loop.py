@@ -414,7 +414,7 @@ def validate(
     for image, ref in cases:
         prob = seg.predict_proba(image)
         mask, _ = threshold_and_clean(
-            prob, card.roi_spacing_mm, card.threshold, params=card.cleanup
+            prob, card.roi_spacing_mm, card.threshold, params=card.cleanup, image=image
         )
         clean.append(dice(mask, ref))
         raw.append(dice(prob >= card.threshold, ref))
