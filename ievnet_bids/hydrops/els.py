@@ -7,8 +7,14 @@ In delayed-gadolinium FLAIR the perilymph is bright, the endolymph and the bone 
 the FLAIR's resolution, a voxel's signal is ``F = D + (P − D) · (PSF ⊗ perilymph)``, with ``P``
 the perilymph level, ``D`` the dark level and ``PSF`` the acquisition's blur. So
 
-1. ``B = PSF ⊗ TFS`` is the signal fraction an all-perilymph labyrinth would give (the TFS mask
-   blurred by a Gaussian of σ = ``psf_sigma_voxels`` × the FLAIR voxel size);
+1. ``B`` is the signal fraction an all-perilymph labyrinth would give. With the SPACE on the
+   same grid (the pipeline's case), ``B`` is the fluid fraction the SPACE shows inside the
+   TFS (0 at the bone around it, 1 at the labyrinth's fluid; both fluids are bright there),
+   blurred by the resolution the FLAIR lacks beside the SPACE (a Gaussian of σ =
+   √(σ_FLAIR² − σ_SPACE²), σ = ``psf_sigma_voxels`` × the voxel size): the partial volume
+   is read off the image, so a TFS mask one voxel too wide (half-fluid voxels at its
+   border) does not read that border as ELS. Without the SPACE, ``B = PSF ⊗ TFS`` (the
+   mask blurred by σ_FLAIR), which assumes the mask's border is the labyrinth's;
 2. ``P(x)`` is the *local* perilymph level: a Gaussian-weighted mean (σ = ``local_mm``) of
    the bright TFS voxels (deep inside the TFS, ``B ≥ core_b``, and above an Otsu split of
    ``F / B`` there), so that coil bias and uneven enhancement between cochlea and vestibule
@@ -30,6 +36,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from ievnet_bids.connect import fluid_fraction
 
 MIN_LOCAL_WEIGHT = 0.05  # below: too few bright voxels near (a vestibule filled by ELS)
 
@@ -93,7 +101,7 @@ def _local_level(
 def _threshold(
     flair: np.ndarray,
     tfs: np.ndarray,
-    blurred_tfs: np.ndarray,
+    all_perilymph: np.ndarray,
     bright: np.ndarray,
     dark: float,
     spacing_mm: float,
@@ -102,7 +110,39 @@ def _threshold(
     """(ELS mask, ``P``, observed perilymph fraction ``r``) for the references ``bright``."""
     perilymph = _local_level(flair, tfs, bright, spacing_mm, p)
     observed = (flair - dark) / np.maximum(perilymph - dark, 1e-6)
-    return tfs & (observed < p.threshold * blurred_tfs), perilymph, observed
+    return tfs & (observed < p.threshold * all_perilymph), perilymph, observed
+
+
+@dataclass(frozen=True)
+class SpaceView:
+    """The SPACE on the ELS grid: its image and its voxel size (mm), for ``B`` (module doc)."""
+
+    image: np.ndarray
+    voxel_mm: float
+
+    def crop(self, box: tuple[slice, ...]) -> SpaceView:
+        return SpaceView(self.image[box], self.voxel_mm)
+
+
+def all_perilymph_fraction(
+    tfs: np.ndarray,
+    *,
+    spacing_mm: float,
+    flair_voxel_mm: float,
+    params: ElsParams,
+    space: SpaceView | None = None,
+) -> np.ndarray:
+    """``B``: the FLAIR signal fraction of an all-perilymph labyrinth (module doc, step 1)."""
+    sigma_flair = params.psf_sigma_voxels * flair_voxel_mm
+    if space is None:
+        return ndimage.gaussian_filter(tfs.astype(np.float32), sigma_flair / spacing_mm)
+    if space.image.shape != tfs.shape:
+        raise ValueError(f"SPACE shape {space.image.shape} differs from the TFS mask's {tfs.shape}")
+    seen = np.where(tfs, np.clip(fluid_fraction(space.image, tfs, spacing_mm), 0.0, 1.0), 0.0)
+    sigma_space = params.psf_sigma_voxels * space.voxel_mm
+    extra = np.sqrt(max(sigma_flair**2 - sigma_space**2, 0.0)) / spacing_mm
+    seen = seen.astype(np.float32)
+    return ndimage.gaussian_filter(seen, extra) if extra > 0 else seen
 
 
 def segment_els(
@@ -112,8 +152,10 @@ def segment_els(
     spacing_mm: float,
     flair_voxel_mm: float,
     params: ElsParams | None = None,
+    space: SpaceView | None = None,
 ) -> ElsResult:
-    """ELS mask inside ``tfs`` from ``flair`` (both on the same ROI grid; module doc)."""
+    """ELS mask inside ``tfs`` from ``flair`` (both on the same ROI grid, like ``space``
+    when given; module doc)."""
     p = params or ElsParams()
     flair = np.asarray(flair, dtype=np.float32)
     tfs = np.asarray(tfs, dtype=bool)
@@ -122,25 +164,26 @@ def segment_els(
     empty = np.zeros(tfs.shape, bool)
     if not tfs.any():
         return ElsResult(empty, np.zeros(tfs.shape, np.float32), float("nan"), float("nan"))
-    sigma_vox = p.psf_sigma_voxels * flair_voxel_mm / spacing_mm
-    blurred_tfs = ndimage.gaussian_filter(tfs.astype(np.float32), sigma_vox)
+    all_perilymph = all_perilymph_fraction(
+        tfs, spacing_mm=spacing_mm, flair_voxel_mm=flair_voxel_mm, params=p, space=space
+    )
     shell = _shell(tfs, spacing_mm, *p.shell_mm)
     dark = float(np.median(flair[shell])) if shell.any() else 0.0
 
-    core = tfs & (blurred_tfs >= p.core_b)
+    core = tfs & (all_perilymph >= p.core_b)
     if core.sum() < 10:
         core = tfs
-    ratio = (flair[core] - dark) / np.maximum(blurred_tfs[core], 1e-3)
+    ratio = (flair[core] - dark) / np.maximum(all_perilymph[core], 1e-3)
     bright = np.zeros(tfs.shape, bool)
     bright[core] = ratio > _otsu(ratio)
-    mask, perilymph, observed = _threshold(flair, tfs, blurred_tfs, bright, dark, spacing_mm, p)
+    mask, perilymph, observed = _threshold(flair, tfs, all_perilymph, bright, dark, spacing_mm, p)
     # second pass: perilymph references away from the first ELS (its blurred rim is darker)
     away = ndimage.distance_transform_edt(~mask, sampling=spacing_mm) > p.els_clearance_mm
     if np.count_nonzero(bright & away) >= 10:
         mask, perilymph, observed = _threshold(
-            flair, tfs, blurred_tfs, bright & away, dark, spacing_mm, p
+            flair, tfs, all_perilymph, bright & away, dark, spacing_mm, p
         )
-    fraction = np.clip(blurred_tfs - observed, 0.0, 1.0).astype(np.float32)
+    fraction = np.clip(all_perilymph - observed, 0.0, 1.0).astype(np.float32)
     return ElsResult(
         mask=mask,
         fraction=fraction,

@@ -20,9 +20,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ievnet_bids.geometry.extract import index_box, map_back, sub_grid
+from ievnet_bids.geometry.extract import extract_roi, index_box, map_back, sub_grid
 from ievnet_bids.geometry.roi import RoiGrid
-from ievnet_bids.hydrops.els import ElsParams, els_percent, segment_els
+from ievnet_bids.hydrops.els import ElsParams, SpaceView, els_percent, segment_els
 from ievnet_bids.hydrops.register import flair_on_grid, refine_on_tfs, register_flair
 from ievnet_bids.hydrops.structures import STRUCTURE_LABELS, label_structures
 from ievnet_bids.records import EarHydrops
@@ -48,9 +48,9 @@ class EarHydropsMaps:
     structures: np.ndarray  # uint8: 0 outside the TFS, else STRUCTURE_LABELS
 
 
-def flair_voxel_size(flair_img: nib.spatialimages.SpatialImage) -> float:
-    """The FLAIR's voxel size (mm): the mean of its three spacings."""
-    return float(np.mean(np.asarray(flair_img.header.get_zooms()[:3], float)))
+def voxel_size(img: nib.spatialimages.SpatialImage) -> float:
+    """An image's voxel size (mm): the mean of its three spacings."""
+    return float(np.mean(np.asarray(img.header.get_zooms()[:3], float)))
 
 
 def _round(value: float, digits: int = 3) -> float:
@@ -73,14 +73,19 @@ def quantify_ear(
     voxel_mm3 = float(np.prod(grid.spacing))
     reg = register_flair(space_img, flair_img, grid, tfs)
     space_to_flair = reg.space_to_flair
-    voxel = flair_voxel_size(flair_img)
+    voxel = voxel_size(flair_img)
+    space = SpaceView(extract_roi(space_img, grid), voxel_size(space_img))
     flair = flair_on_grid(flair_img, space_to_flair, grid)
-    els = segment_els(flair, tfs, spacing_mm=spacing, flair_voxel_mm=voxel, params=params)
+    els = segment_els(
+        flair, tfs, spacing_mm=spacing, flair_voxel_mm=voxel, params=params, space=space
+    )
     space_to_flair, rounds = refine_on_perilymph(
-        flair_img, grid, tfs, space_to_flair, els.mask, voxel, params
+        flair_img, grid, tfs, space_to_flair, els.mask, voxel, params, space
     )
     flair = flair_on_grid(flair_img, space_to_flair, grid)
-    els = segment_els(flair, tfs, spacing_mm=spacing, flair_voxel_mm=voxel, params=params)
+    els = segment_els(
+        flair, tfs, spacing_mm=spacing, flair_voxel_mm=voxel, params=params, space=space
+    )
     parts = label_structures(tfs, grid.affine, side)
     structures: dict[str, dict[str, float]] = {}
     for value, name in STRUCTURE_LABELS.items():
@@ -119,11 +124,12 @@ def refine_on_perilymph(
     els: np.ndarray,
     flair_voxel_mm: float,
     params: ElsParams,
+    space: SpaceView | None = None,
 ) -> tuple[np.ndarray, int]:
     """Re-align on the perilymph (TFS minus the ELS, the ELS left out of the comparison),
-    starting from ``space_to_flair`` and the ELS ``els`` found with it, and re-find the ELS,
-    until the TFS moves by less than :data:`ELS_AWARE_TOL_MM` (module doc). Returns (the
-    SPACE → FLAIR map, rounds run)."""
+    starting from ``space_to_flair`` and the ELS ``els`` found with it, and re-find the ELS
+    (with ``space`` on ``grid`` when given), until the TFS moves by less than
+    :data:`ELS_AWARE_TOL_MM` (module doc). Returns (the SPACE → FLAIR map, rounds run)."""
     spacing = float(min(grid.spacing))
     box = index_box(np.argwhere(tfs), int(np.ceil(ELS_AWARE_BOX_MM / spacing)), tfs.shape)
     box_grid, box_tfs, box_els = sub_grid(grid, box), tfs[box], els[box]
@@ -139,7 +145,12 @@ def refine_on_perilymph(
             break
         flair = flair_on_grid(flair_img, space_to_flair, box_grid)
         box_els = segment_els(
-            flair, box_tfs, spacing_mm=spacing, flair_voxel_mm=flair_voxel_mm, params=params
+            flair,
+            box_tfs,
+            spacing_mm=spacing,
+            flair_voxel_mm=flair_voxel_mm,
+            params=params,
+            space=space.crop(box) if space is not None else None,
         ).mask
     return space_to_flair, rounds
 
