@@ -18,6 +18,7 @@ import numpy as np
 from ievnet_bids.model.infer import Segmenter
 from ievnet_bids.model.weights import load_model
 from ievnet_bids.postprocess import threshold_and_clean
+from ievnet_bids.qc import component_volumes, significant_components, topology
 from ievnet_bids.resources import default_model_path
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ievnet-samples"
@@ -66,7 +67,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=default_model_path())
     parser.add_argument("--out", type=Path, default=Path("runs/real_overlays"))
-    parser.add_argument("--tta", action="store_true")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="flip TTA (default on, as ievnet-bids runs)",
+    )
     args = parser.parse_args()
     model, card = load_model(args.model)
     seg = Segmenter(model, card, device="cpu", tta_flip=args.tta)
@@ -76,13 +82,17 @@ def main() -> None:
         img = nib.load(path)
         volume = np.asanyarray(img.dataobj, dtype=np.float32)
         prob = seg.predict_proba(volume)
+        spacing = img.header.get_zooms()[:3]
         mask, info = threshold_and_clean(
-            prob, img.header.get_zooms()[:3], card.threshold, params=card.cleanup
+            prob, spacing, card.threshold, params=card.cleanup, image=volume
         )
         raw = (prob >= card.threshold).sum() * 0.008
+        pieces = significant_components(component_volumes(mask, float(np.prod(spacing))))
+        loops = topology(mask, spacing).canal_loops
         title = (
             f"{path.name}: {card.name} — raw ≥0.5: {raw:.0f} mm³, "
-            f"cleaned: {info['volume_mm3']:.0f} mm³, kept {len(info['kept'])} component(s)"
+            f"cleaned: {info['volume_mm3']:.1f} mm³, {len(pieces)} piece(s) ≥ 1 mm³, "
+            f"{loops} canal loop(s)"
         )
         print(title)
         print(
