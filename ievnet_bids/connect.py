@@ -33,6 +33,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from ievnet_bids.geometry.distance import distance_outside
 from ievnet_bids.geometry.extract import index_box
 
 
@@ -171,7 +172,7 @@ def fluid_fraction(
         return np.zeros(image.shape, np.float32)
     core = ndimage.binary_erosion(mask)
     fluid = float(np.median(image[core if core.any() else mask]))
-    outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    outside = distance_outside(mask, spacing)
     shell = (outside >= 1.0) & (outside <= 2.0)
     bone = float(np.median(image[shell])) if shell.any() else float(image.min())
     return np.clip((image - bone) / max(fluid - bone, 1e-6), 0.0, 1.5).astype(np.float32)

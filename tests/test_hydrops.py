@@ -151,6 +151,19 @@ def test_a_mask_one_voxel_too_wide_is_read_through_the_space(with_els: bool) -> 
         assert els_percent(with_space, wide) < 10.0
 
 
+def test_els_does_not_depend_on_the_last_bits_of_the_voxel_size() -> None:
+    """A ROI grid's voxel size comes from its affine (0.2 ± 1e-8 mm): the ELS must be the
+    same either way (thresholds at whole voxel multiples, 0.6 mm, once flipped a layer)."""
+    grid, tfs, els = _ellipsoid_ear()
+    flair = _acquire(grid, np.where(tfs & ~els, 1.0, 0.03).astype(np.float32), seed=3)
+    space = SpaceView(_acquire(grid, np.where(tfs, 1.0, 0.05).astype(np.float32), seed=4), 0.5)
+    masks = [
+        segment_els(flair, tfs, spacing_mm=0.2 * f, flair_voxel_mm=0.5, space=space).mask
+        for f in (1 - 1e-7, 1.0, 1 + 1e-7)
+    ]
+    assert masks[0].any() and all(np.array_equal(masks[0], m) for m in masks[1:])
+
+
 def test_structures_from_the_registered_template(phantom) -> None:
     """The phantom's own structure labels are recovered from its TFS alone, both sides."""
     for seed, side in ((101, "left"), (102, "right")):

@@ -38,6 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from ievnet_bids.connect import fluid_fraction
+from ievnet_bids.geometry.distance import distance_outside
 
 MIN_LOCAL_WEIGHT = 0.05  # below: too few bright voxels near (a vestibule filled by ELS)
 
@@ -81,7 +82,7 @@ def _otsu(values: np.ndarray, bins: int = 128) -> float:
 
 
 def _shell(tfs: np.ndarray, spacing_mm: float, inner_mm: float, outer_mm: float) -> np.ndarray:
-    outside = ndimage.distance_transform_edt(~tfs, sampling=spacing_mm)
+    outside = distance_outside(tfs, spacing_mm)
     return (outside >= inner_mm) & (outside <= outer_mm)
 
 
@@ -178,7 +179,7 @@ def segment_els(
     bright[core] = ratio > _otsu(ratio)
     mask, perilymph, observed = _threshold(flair, tfs, all_perilymph, bright, dark, spacing_mm, p)
     # second pass: perilymph references away from the first ELS (its blurred rim is darker)
-    away = ndimage.distance_transform_edt(~mask, sampling=spacing_mm) > p.els_clearance_mm
+    away = distance_outside(mask, spacing_mm) > p.els_clearance_mm
     if np.count_nonzero(bright & away) >= 10:
         mask, perilymph, observed = _threshold(
             flair, tfs, all_perilymph, bright & away, dark, spacing_mm, p
