@@ -2,7 +2,8 @@
 
 Isolates the resolution: each ear is the phantom's true TFS with a FLAIR aligned to it,
 rendered at every voxel size from the same anatomy and random draw (only the acquisition
-differs), then :func:`ievnet_bids.hydrops.els.segment_els` with the shipped parameters. Seeds
+differs), then :func:`ievnet_bids.hydrops.els.segment_els` with the shipped parameters and the
+phantom's own structure labels (each structure has its threshold). Seeds
 come from the hold-out range (never used to choose the ELS threshold); the hydrops severity
 is spread evenly over none … severe.
 
@@ -43,7 +44,9 @@ def ear_scores(seed: int, severity: float, voxels: list[float]) -> dict[float, d
     out: dict[float, dict[str, float]] = {}
     for voxel in voxels:
         flair, _ = render_flair(ph.labels, ph.els, flair_rng(seed), spacing, acquired_mm=voxel)
-        els = segment_els(flair, ph.tfs, spacing_mm=spacing, flair_voxel_mm=voxel).mask
+        els = segment_els(
+            flair, ph.tfs, spacing_mm=spacing, flair_voxel_mm=voxel, structures=structures
+        ).mask
         row = {"dice": dice(els, ph.els)}
         for name, region in regions.items():
             row[name] = els_percent(els, ph.tfs, region) - els_percent(ph.els, ph.tfs, region)

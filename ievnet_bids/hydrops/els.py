@@ -20,10 +20,16 @@ the perilymph level, ``D`` the dark level and ``PSF`` the acquisition's blur. So
    ``F / B`` there), so that coil bias and uneven enhancement between cochlea and vestibule
    cancel; ``D`` is the median of a bony shell around the TFS;
 3. ``r = (F − D) / (P − D)`` is the observed perilymph fraction, and a TFS voxel is ELS when
-   ``r < threshold · B`` (``threshold`` 0.6, chosen on synthetic tuning ears): darker than
-   60 % of what perilymph would give *at that position*,
-   which keeps the partial-volumed TFS border (bright perilymph next to dark bone) from being
-   read as ELS.
+   ``r < t · B``: darker than a fraction ``t`` of what perilymph would give *at that
+   position*, which keeps the partial-volumed TFS border (bright perilymph next to dark bone)
+   from being read as ELS. ``t`` is the threshold of the voxel's structure (cochlea 0.65,
+   vestibule 0.675, canals 0.8: the thinner the structure, the more of its ELS is
+   partial-volumed into the perilymph and the shallower the dip it leaves), and at most
+   ``border_threshold`` 0.45 in the TFS's outermost voxel layer, where ``B`` is least certain
+   (blur, interpolation and residual misalignment all act on the border: at 0.6 the border
+   layer read 30–37 % ELS where the truth had 13–21 %). Without structure labels one
+   ``threshold`` (0.6) holds inside. Chosen on 60 synthetic ears (seeds 7, 4242, 5151; the
+   README gives the figures).
 
 The ELS is a subset of the TFS by construction. Structures thinner than about two FLAIR voxels
 (the canal ducts, a normal cochlear duct at 0.5 mm) stay below the resolution: their ELS is
@@ -45,9 +51,15 @@ MIN_LOCAL_WEIGHT = 0.05  # below: too few bright voxels near (a vestibule filled
 
 @dataclass(frozen=True)
 class ElsParams:
-    """Parameters of :func:`segment_els` (module doc)."""
+    """Parameters of :func:`segment_els` (module doc). ``threshold`` holds where no structure
+    labels are given (and for voxels without one); with them, each structure has its own."""
 
-    threshold: float = 0.6  # tuned on 8 synthetic ears (seed 7), see the README
+    threshold: float = 0.6
+    cochlea_threshold: float = 0.65
+    vestibule_threshold: float = 0.675
+    canals_threshold: float = 0.8
+    border_threshold: float | None = 0.45
+    border_mm: float = 0.2
     psf_sigma_voxels: float = 0.5  # of the FLAIR's voxel size
     local_mm: float = 2.0
     core_b: float = 0.8
@@ -56,6 +68,35 @@ class ElsParams:
 
     def summary(self) -> dict:
         return asdict(self)
+
+    def threshold_map(
+        self, tfs: np.ndarray, spacing_mm: float, structures: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The threshold of each voxel: by its structure label (1 cochlea, 2 vestibule,
+        3 canals) where ``structures`` is given, else :attr:`threshold`; at most
+        :attr:`border_threshold` within :attr:`border_mm` of the TFS's edge."""
+        if structures is None:
+            thresholds = np.full(tfs.shape, self.threshold, np.float32)
+        else:
+            thresholds = self._structure_thresholds(np.asarray(structures), tfs.shape)
+        if self.border_threshold is not None:
+            border = tfs & (distance_outside(~tfs, spacing_mm) <= self.border_mm)
+            thresholds[border] = np.minimum(thresholds[border], self.border_threshold)
+        return thresholds
+
+    def _structure_thresholds(self, structures: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if structures.shape != tuple(shape):
+            raise ValueError(f"structure labels {structures.shape} differ from the TFS's {shape}")
+        lookup = np.array(
+            [
+                self.threshold,
+                self.cochlea_threshold,
+                self.vestibule_threshold,
+                self.canals_threshold,
+            ],
+            np.float32,
+        )
+        return lookup[np.clip(structures, 0, 3).astype(np.intp)]
 
 
 @dataclass(frozen=True)
@@ -107,11 +148,13 @@ def _threshold(
     dark: float,
     spacing_mm: float,
     p: ElsParams,
+    thresholds: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ELS mask, ``P``, observed perilymph fraction ``r``) for the references ``bright``."""
+    """(ELS mask, ``P``, observed perilymph fraction ``r``) for the references ``bright``
+    and the per-voxel ``thresholds``."""
     perilymph = _local_level(flair, tfs, bright, spacing_mm, p)
     observed = (flair - dark) / np.maximum(perilymph - dark, 1e-6)
-    return tfs & (observed < p.threshold * all_perilymph), perilymph, observed
+    return tfs & (observed < thresholds * all_perilymph), perilymph, observed
 
 
 @dataclass(frozen=True)
@@ -154,9 +197,10 @@ def segment_els(
     flair_voxel_mm: float,
     params: ElsParams | None = None,
     space: SpaceView | None = None,
+    structures: np.ndarray | None = None,
 ) -> ElsResult:
     """ELS mask inside ``tfs`` from ``flair`` (both on the same ROI grid, like ``space``
-    when given; module doc)."""
+    and the structure labels ``structures`` when given; module doc)."""
     p = params or ElsParams()
     flair = np.asarray(flair, dtype=np.float32)
     tfs = np.asarray(tfs, dtype=bool)
@@ -165,6 +209,7 @@ def segment_els(
     empty = np.zeros(tfs.shape, bool)
     if not tfs.any():
         return ElsResult(empty, np.zeros(tfs.shape, np.float32), float("nan"), float("nan"))
+    thresholds = p.threshold_map(tfs, spacing_mm, structures)
     all_perilymph = all_perilymph_fraction(
         tfs, spacing_mm=spacing_mm, flair_voxel_mm=flair_voxel_mm, params=p, space=space
     )
@@ -177,12 +222,14 @@ def segment_els(
     ratio = (flair[core] - dark) / np.maximum(all_perilymph[core], 1e-3)
     bright = np.zeros(tfs.shape, bool)
     bright[core] = ratio > _otsu(ratio)
-    mask, perilymph, observed = _threshold(flair, tfs, all_perilymph, bright, dark, spacing_mm, p)
+    mask, perilymph, observed = _threshold(
+        flair, tfs, all_perilymph, bright, dark, spacing_mm, p, thresholds
+    )
     # second pass: perilymph references away from the first ELS (its blurred rim is darker)
     away = distance_outside(mask, spacing_mm) > p.els_clearance_mm
     if np.count_nonzero(bright & away) >= 10:
         mask, perilymph, observed = _threshold(
-            flair, tfs, all_perilymph, bright & away, dark, spacing_mm, p
+            flair, tfs, all_perilymph, bright & away, dark, spacing_mm, p, thresholds
         )
     fraction = np.clip(all_perilymph - observed, 0.0, 1.0).astype(np.float32)
     return ElsResult(

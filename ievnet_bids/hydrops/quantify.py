@@ -1,15 +1,15 @@
 """One ear's hydrops quantification: FLAIR → SPACE, structures, ELS, ELS%.
 
 Everything happens on the ear's 0.2 mm ROI grid (the grid of its TFS mask): the FLAIR is
-registered to the SPACE around the ROI (:mod:`.register`), resampled onto the ROI grid and
-the ELS found inside the TFS (:mod:`.els`); then the registration is refined on the
-perilymph alone (TFS minus that ELS, the ELS voxels left out of the comparison), because a
-dark ELS pulls an alignment on the whole TFS off by a few tenths of a millimetre. The ELS
-found under a slightly wrong alignment is itself shifted, so each round only moves part of
-the way: the rounds repeat until the TFS moves by less than :data:`ELS_AWARE_TOL_MM` (at
-most :data:`ELS_AWARE_MAX_ROUNDS`), on a box around the TFS to keep them cheap; the final ELS
-is found on the whole ROI. The TFS is split into cochlea, vestibule and canals
-(:mod:`.structures`). Volumes are counted on that grid.
+registered to the SPACE around the ROI (:mod:`.register`), the TFS split into cochlea,
+vestibule and canals (:mod:`.structures`; each has its ELS threshold), the FLAIR resampled
+onto the ROI grid and the ELS found inside the TFS (:mod:`.els`); then the registration is
+refined on the perilymph alone (TFS minus that ELS, the ELS voxels left out of the
+comparison), because a dark ELS pulls an alignment on the whole TFS off by a few tenths
+of a millimetre. The ELS found under a slightly wrong alignment is itself shifted, so each
+round only moves part of the way: the rounds repeat until the TFS moves by less than
+:data:`ELS_AWARE_TOL_MM` (at most :data:`ELS_AWARE_MAX_ROUNDS`), on a box around the TFS to
+keep them cheap; the final ELS is found on the whole ROI. Volumes are counted on that grid.
 """
 
 from __future__ import annotations
@@ -75,18 +75,15 @@ def quantify_ear(
     space_to_flair = reg.space_to_flair
     voxel = voxel_size(flair_img)
     space = SpaceView(extract_roi(space_img, grid), voxel_size(space_img))
-    flair = flair_on_grid(flair_img, space_to_flair, grid)
-    els = segment_els(
-        flair, tfs, spacing_mm=spacing, flair_voxel_mm=voxel, params=params, space=space
-    )
-    space_to_flair, rounds = refine_on_perilymph(
-        flair_img, grid, tfs, space_to_flair, els.mask, voxel, params, space
-    )
-    flair = flair_on_grid(flair_img, space_to_flair, grid)
-    els = segment_els(
-        flair, tfs, spacing_mm=spacing, flair_voxel_mm=voxel, params=params, space=space
-    )
     parts = label_structures(tfs, grid.affine, side)
+    flair = flair_on_grid(flair_img, space_to_flair, grid)
+    els_options = {"spacing_mm": spacing, "flair_voxel_mm": voxel, "params": params}
+    els = segment_els(flair, tfs, space=space, structures=parts.labels, **els_options)
+    space_to_flair, rounds = refine_on_perilymph(
+        flair_img, grid, tfs, space_to_flair, els.mask, voxel, params, space, parts.labels
+    )
+    flair = flair_on_grid(flair_img, space_to_flair, grid)
+    els = segment_els(flair, tfs, space=space, structures=parts.labels, **els_options)
     structures: dict[str, dict[str, float]] = {}
     for value, name in STRUCTURE_LABELS.items():
         region = parts.labels == value
@@ -125,10 +122,12 @@ def refine_on_perilymph(
     flair_voxel_mm: float,
     params: ElsParams,
     space: SpaceView | None = None,
+    structures: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Re-align on the perilymph (TFS minus the ELS, the ELS left out of the comparison),
     starting from ``space_to_flair`` and the ELS ``els`` found with it, and re-find the ELS
-    (with ``space`` on ``grid`` when given), until the TFS moves by less than
+    (with ``space`` and the structure labels ``structures`` on ``grid`` when given), until
+    the TFS moves by less than
     :data:`ELS_AWARE_TOL_MM` (module doc). Returns (the SPACE → FLAIR map, rounds run)."""
     spacing = float(min(grid.spacing))
     box = index_box(np.argwhere(tfs), int(np.ceil(ELS_AWARE_BOX_MM / spacing)), tfs.shape)
@@ -151,6 +150,7 @@ def refine_on_perilymph(
             flair_voxel_mm=flair_voxel_mm,
             params=params,
             space=space.crop(box) if space is not None else None,
+            structures=structures[box] if structures is not None else None,
         ).mask
     return space_to_flair, rounds
 
