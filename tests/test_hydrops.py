@@ -97,15 +97,15 @@ def _world(grid: RoiGrid) -> np.ndarray:
     return np.moveaxis(xyz, -1, 0)
 
 
-def _ellipsoid(grid: RoiGrid) -> np.ndarray:
-    x, y, z = _world(grid)
+def _ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """The vestibule-like body of :func:`_ellipsoid_ear` at world coordinates x, y, z."""
     return (x / 3) ** 2 + (y / 2.5) ** 2 + (z / 2) ** 2 <= 1
 
 
 def _ellipsoid_ear() -> tuple[RoiGrid, np.ndarray, np.ndarray]:
     grid = RoiGrid.centred((0.0, 0.0, 0.0), shape=(100, 80, 60), spacing_mm=0.2)
     x, y, z = _world(grid)
-    tfs = _ellipsoid(grid)
+    tfs = _ellipsoid(x, y, z)
     tfs |= (np.sqrt(x**2 + z**2) - 4.0) ** 2 + y**2 <= 0.5**2  # a canal-like ring
     els = tfs & (((x - 0.3) / 2.0) ** 2 + ((y + 0.2) / 1.8) ** 2 + (z / 1.4) ** 2 <= 1)
     return grid, tfs, els
@@ -142,10 +142,10 @@ def test_each_structure_takes_its_own_threshold() -> None:
     """Structure labels give each structure its threshold: with all three equal to the plain
     one the ELS is unchanged; raising only the canals' finds more of a duct thinner than the
     FLAIR's resolution in the ring (the canal; measured 34 % → 93 % of it at 0.6 → 0.8)
-    and adds ELS almost nowhere else; labels of the wrong shape are refused."""
+    and adds ELS almost nowhere else; labels of the wrong shape or values are refused."""
     grid, tfs, els = _ellipsoid_ear()
-    ring = tfs & ~ndimage.binary_dilation(_ellipsoid(grid), iterations=2)
     x, y, z = _world(grid)
+    ring = tfs & ~ndimage.binary_dilation(_ellipsoid(x, y, z), iterations=2)
     duct = ring & ((np.sqrt(x**2 + z**2) - 4.0) ** 2 + y**2 <= 0.25**2)  # 0.5 mm across
     labels = np.where(tfs, 2, 0).astype(np.uint8)
     labels[ring] = 3
@@ -167,6 +167,8 @@ def test_each_structure_takes_its_own_threshold() -> None:
     assert not np.any(plain & ~raised)
     with pytest.raises(ValueError, match="structure labels"):
         segment_els(flair, tfs, params=higher, structures=labels[:-1], **kwargs)
+    with pytest.raises(ValueError, match=r"structure labels \[5\]"):  # a slab dseg's right ear
+        segment_els(flair, tfs, params=higher, structures=np.where(tfs, 5, 0), **kwargs)
 
 
 @pytest.mark.parametrize("with_els", [True, False])

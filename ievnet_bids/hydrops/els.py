@@ -45,6 +45,7 @@ from scipy import ndimage
 
 from ievnet_bids.connect import fluid_fraction
 from ievnet_bids.geometry.distance import distance_outside
+from ievnet_bids.hydrops.structures import STRUCTURE_LABELS
 
 MIN_LOCAL_WEIGHT = 0.05  # below: too few bright voxels near (a vestibule filled by ELS)
 
@@ -72,8 +73,9 @@ class ElsParams:
     def threshold_map(
         self, tfs: np.ndarray, spacing_mm: float, structures: np.ndarray | None = None
     ) -> np.ndarray:
-        """The threshold of each voxel: by its structure label (1 cochlea, 2 vestibule,
-        3 canals) where ``structures`` is given, else :attr:`threshold`; at most
+        """The threshold of each voxel: by its structure label
+        (:data:`~ievnet_bids.hydrops.structures.STRUCTURE_LABELS`; 0 takes :attr:`threshold`)
+        where ``structures`` is given, else :attr:`threshold`; at most
         :attr:`border_threshold` within :attr:`border_mm` of the TFS's edge."""
         if structures is None:
             thresholds = np.full(tfs.shape, self.threshold, np.float32)
@@ -87,16 +89,13 @@ class ElsParams:
     def _structure_thresholds(self, structures: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         if structures.shape != tuple(shape):
             raise ValueError(f"structure labels {structures.shape} differ from the TFS's {shape}")
-        lookup = np.array(
-            [
-                self.threshold,
-                self.cochlea_threshold,
-                self.vestibule_threshold,
-                self.canals_threshold,
-            ],
-            np.float32,
-        )
-        return lookup[np.clip(structures, 0, 3).astype(np.intp)]
+        lookup = np.full(max(STRUCTURE_LABELS) + 1, self.threshold, np.float32)
+        for value, name in STRUCTURE_LABELS.items():
+            lookup[value] = getattr(self, f"{name}_threshold")
+        unknown = np.setdiff1d(np.unique(structures), np.arange(lookup.size))
+        if unknown.size:
+            raise ValueError(f"structure labels {unknown.tolist()} are not {STRUCTURE_LABELS}")
+        return lookup[structures.astype(np.intp)]
 
 
 @dataclass(frozen=True)

@@ -127,8 +127,8 @@ def refine_on_perilymph(
     """Re-align on the perilymph (TFS minus the ELS, the ELS left out of the comparison),
     starting from ``space_to_flair`` and the ELS ``els`` found with it, and re-find the ELS
     (with ``space`` and the structure labels ``structures`` on ``grid`` when given), until
-    the TFS moves by less than
-    :data:`ELS_AWARE_TOL_MM` (module doc). Returns (the SPACE → FLAIR map, rounds run)."""
+    the TFS moves by less than :data:`ELS_AWARE_TOL_MM` (module doc). Returns (the SPACE →
+    FLAIR map, rounds run)."""
     spacing = float(min(grid.spacing))
     box = index_box(np.argwhere(tfs), int(np.ceil(ELS_AWARE_BOX_MM / spacing)), tfs.shape)
     box_grid, box_tfs, box_els = sub_grid(grid, box), tfs[box], els[box]
