@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,14 +169,38 @@ def ear_result(
     )
 
 
-def cleaned_probability(prob: np.ndarray, mask: np.ndarray, threshold: float) -> np.ndarray:
+def cleaned_probability(
+    prob: np.ndarray,
+    mask: np.ndarray,
+    threshold: float,
+    *,
+    image: np.ndarray | None = None,
+    spacing_mm: float | Sequence[float] = 0.2,
+    border_fluid_fraction: float | None = None,
+) -> np.ndarray:
     """The probability restricted to the kept labyrinth (plus a one-voxel rim for its edges),
     raised to at least ``threshold`` inside the mask: voxels the clean-up added (filled
-    cavities, bridges through lower probability) stay in the mask when it is mapped back."""
+    cavities, bridges through lower probability) stay in the mask when it is mapped back.
+
+    Rim voxels at or above ``threshold`` that the clean-up left out (the mostly-bone border
+    :func:`~ievnet_bids.postprocess.trim_mostly_bone` removed) fall below it: to their
+    fluid fraction in ``image`` scaled so that ``border_fluid_fraction`` reads as
+    ``threshold`` (a partial-volume edge between them and the mask), or to 0 without it.
+    """
+    from ievnet_bids.connect import fluid_fraction
+
     inside = mask > 0
     keep = ndimage.binary_dilation(inside, iterations=1)
     cleaned = np.where(keep, prob, 0.0).astype(np.float32)
     np.maximum(cleaned, np.float32(threshold), out=cleaned, where=inside)
+    left_out = keep & ~inside & (cleaned >= threshold)
+    if left_out.any():
+        below = np.nextafter(np.float32(threshold), np.float32(0.0))
+        if image is not None and border_fluid_fraction:
+            fraction = fluid_fraction(image, inside, spacing_mm)[left_out]
+            cleaned[left_out] = np.minimum(threshold * fraction / border_fluid_fraction, below)
+        else:
+            cleaned[left_out] = 0.0
     return cleaned
 
 
@@ -184,20 +209,33 @@ def map_back_ear(
     mask_roi: nib.spatialimages.SpatialImage,
     slab_img: nib.spatialimages.SpatialImage,
     threshold: float = 0.5,
+    *,
+    image_roi: nib.spatialimages.SpatialImage | None = None,
+    border_fluid_fraction: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(probability, mask) of one ear on the slab's native grid.
 
     The raw probability is linearly interpolated for the ``probseg``; the mask is the
-    interpolated *cleaned* probability (:func:`cleaned_probability`: dropped components
-    removed, added voxels kept) thresholded at ``threshold`` (the model card's).
+    interpolated *cleaned* probability (:func:`cleaned_probability`: dropped components and
+    the trimmed border removed, added voxels kept; ``image_roi``, the ROI image, and the
+    card's ``border_fluid_fraction`` place the trimmed border) thresholded at ``threshold``.
     """
     from ievnet_bids.geometry.extract import map_back
 
     grid = grid_of(prob_roi)
     prob = np.asanyarray(prob_roi.dataobj, dtype=np.float32)
     mask = np.asanyarray(mask_roi.dataobj) > 0
+    image = None if image_roi is None else np.asanyarray(image_roi.dataobj, dtype=np.float32)
+    cleaned = cleaned_probability(
+        prob,
+        mask,
+        threshold,
+        image=image,
+        spacing_mm=grid.spacing,
+        border_fluid_fraction=border_fluid_fraction,
+    )
     native_prob = map_back(prob, grid, slab_img)
-    native_mask = map_back(cleaned_probability(prob, mask, threshold), grid, slab_img) >= threshold
+    native_mask = map_back(cleaned, grid, slab_img) >= threshold
     return native_prob, native_mask.astype(np.uint8)
 
 

@@ -76,7 +76,13 @@ def direct_masks(samples: Path, grids: dict[str, RoiGrid], slab: nib.Nifti1Image
         crop = np.asanyarray(nib.load(samples / name).dataobj).astype(np.float32)
         prob = seg.predict_proba(crop)
         keep, _ = threshold_and_clean(prob, 0.2, card.threshold, params=card.cleanup, image=crop)
-        prob = cleaned_probability(prob, keep, card.threshold)  # as the map-back does
+        prob = cleaned_probability(  # as the map-back does
+            prob,
+            keep,
+            card.threshold,
+            image=crop,
+            border_fluid_fraction=card.cleanup.border_fluid_fraction,
+        )
         on_slab = resample(prob, grids[side].affine, slab_grid, order=1)
         out[side] = {
             "mask": on_slab >= card.threshold,

@@ -55,9 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         segmenter = Segmenter(model, card, "cpu", tta_flip=True)
         rows = []
         for name, roi, truth in ears:
-            prob = segmenter.predict_proba(np.asarray(roi.dataobj, dtype=np.float32))
+            image = np.asarray(roi.dataobj, dtype=np.float32)
+            prob = segmenter.predict_proba(image)
             spacing = tuple(float(z) for z in roi.header.get_zooms()[:3])
-            mask, _ = threshold_and_clean(prob, spacing, card.threshold, params=cleanup)
+            mask, _ = threshold_and_clean(
+                prob, spacing, card.threshold, params=cleanup, image=image
+            )
             img = nib.Nifti1Image(mask.astype(np.uint8), roi.affine, roi.header)
             row = roi_scores(img, truth)
             rows.append(row)

@@ -113,6 +113,9 @@ class _SegmentOutputSpec(TraitedSpec):
     probs = traits.List(File(exists=True), desc="ROI probabilities, left then right")
     masks = traits.List(File(exists=True), desc="cleaned ROI masks, left then right")
     threshold = traits.Float(desc="the model card's probability threshold")
+    border_fluid_fraction = traits.Float(
+        desc="the card's clean-up border_fluid_fraction (0: no border trim)"
+    )
     record = File(exists=True, desc="JSON: per ear clean-up, centres, re-centring; model")
 
 
@@ -172,6 +175,7 @@ class SegmentEars(SimpleInterface):
         self._results["masks"] = [str(f["mask"]) for f in files]
         self._results["record"] = str(cwd / "segment.json")
         self._results["threshold"] = float(card.threshold)
+        self._results["border_fluid_fraction"] = float(card.cleanup.border_fluid_fraction or 0.0)
         return runtime
 
 
@@ -181,6 +185,10 @@ class _MapBackInputSpec(BaseInterfaceInputSpec):
     masks = traits.List(File(exists=True), mandatory=True)
     side = traits.Enum(*SIDES, mandatory=True)
     threshold = traits.Float(0.5, usedefault=True, desc="probability threshold of the mask")
+    images = traits.List(File(exists=True), desc="ROI images, left then right (border trim)")
+    border_fluid_fraction = traits.Float(
+        0.0, usedefault=True, desc="the card's clean-up border_fluid_fraction (0: none)"
+    )
 
 
 class _MapBackOutputSpec(TraitedSpec):
@@ -208,6 +216,8 @@ class MapBackEar(SimpleInterface):
             nib.load(self.inputs.masks[i]),
             slab,
             threshold=self.inputs.threshold,
+            image_roi=nib.load(self.inputs.images[i]) if self.inputs.images else None,
+            border_fluid_fraction=self.inputs.border_fluid_fraction or None,
         )
         cwd = Path(runtime.cwd)
         for key, data, dtype in (

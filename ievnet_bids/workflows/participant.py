@@ -128,8 +128,9 @@ def init_slab_wf(
             (localize, extract, [("centres", "centres")]),
             (extract, merge_rois, [("roi", f"in{i}")]),
             (inputnode, map_back, [("slab", "slab")]),
-            (segment, map_back, [("probs", "probs"), ("masks", "masks"),
-                                 ("threshold", "threshold")]),
+            (segment, map_back, [("probs", "probs"), ("masks", "masks"), ("images", "images"),
+                                 ("threshold", "threshold"),
+                                 ("border_fluid_fraction", "border_fluid_fraction")]),
             (map_back, ds_slab, [("prob", f"{side}_prob"), ("mask", f"{side}_mask")]),
             (map_back, report, [("mask", f"{side}_mask")]),
         ])  # fmt: skip
