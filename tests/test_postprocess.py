@@ -290,8 +290,8 @@ def test_simple_points():
 
 def test_trim_keeps_the_topology():
     """Two fluid balls joined by a one-voxel line through bone, one of them wrapped in a
-    one-voxel rim of bone on its far side: the rim goes (all 261 voxels), the line's 9 voxels outside the
-    balls stay (removing any would split the mask)."""
+    one-voxel rim of bone on its far side: the rim goes (all 261 voxels), the line's 9
+    voxels outside the balls stay (removing any would split the mask)."""
     from ievnet_bids.postprocess import trim_mostly_bone
 
     image = np.full((40, 40, 40), 100.0, np.float32)
