@@ -390,6 +390,8 @@ def trim_mostly_bone(
             removed += 1
     trimmed = trimmed[1:-1, 1:-1, 1:-1]
     record["kept_for_topology"] = int(candidates.sum()) - removed
+    if removed == 0:  # nothing moved: no loop count to compare
+        return mask, record
     loops_before = topology(inside, spacing_mm).canal_loops
     loops_after = topology(trimmed, spacing_mm).canal_loops
     if loops_after < loops_before:
