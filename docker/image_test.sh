@@ -190,20 +190,14 @@ if grep -h -i -E "not writable|permission denied|read-only file system" "$logs"/
 fi
 
 # ------------------------------------------------------------------------ comparison
-# The hydrops structure labels (cochlea, vestibule, canals: a SyN registration of the labelled
-# labyrinth template onto the TFS mask) vary from run to run of the same install: three runs
-# of hydrops.structures.label_structures on one mask of the source install gave per-label Dice
-# 0.9937-0.9995 between them (the image against the source: 0.9934-0.9990). They, and the
-# volumes, ELS percentages and template Dice derived from them, are compared with Dice >= 0.99
-# and 5 % (a few voxels of a small structure: the canals' ELS, 2.4 mm3, moved by 2 %);
-# everything else (TFS and ELS masks, probabilities, ROI images, other columns) must be
-# identical or within the strict tolerances.
-varying=(--vary '*_desc-left_dseg.nii.gz' --vary '*_desc-right_dseg.nii.gz'
-    --vary '*_desc-structures_dseg.nii.gz' --vary 'cochlea_*' --vary 'vestibule_*'
-    --vary 'canals_*' --vary structures --vary template_dice)
+# Everything must be identical or within the strict tolerances (masks: Dice >= 0.999). The
+# hydrops structure labels (a SyN registration of the labelled labyrinth template) once varied
+# from run to run (antspyx dropped the seed argument; Dice 0.993-0.9995 between runs), and
+# through them the ELS-aware FLAIR alignment and the ELS masks: they are seeded now
+# (hydrops/structures.py), so nothing is exempt.
 status=0
 "$venv/bin/python" scripts/compare_derivatives.py "$out" "$src_out" --equate "/bids=$bids" \
-    --dice-min 0.999 "${varying[@]}" --vary-dice-min 0.99 --vary-rtol 0.05 --json "$logs/compare.json" | tee "$logs/compare.txt" ||
+    --dice-min 0.999 --json "$logs/compare.json" | tee "$logs/compare.txt" ||
     status=$?
 
 size="$(image_size "$engine" "$tag")"
